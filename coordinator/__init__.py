@@ -1,0 +1,1 @@
+"""The FedFace coordinator: FastAPI service, round engine and aggregation."""

@@ -1,0 +1,70 @@
+"""All coordinator settings, from FEDFACE_* environment variables.
+
+With nothing set the coordinator runs embedded: SQLite, an in-process Redis
+stand-in and a local blob directory under `data_dir`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDFACE_", env_file=None, extra="ignore")
+
+    data_dir: Path = Path("fedface-data")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under data_dir if unset")
+    redis_url: str | None = Field(default=None, description="redis:// URL; in-process fakeredis if unset")
+    redis_prefix: str = "fedface:"
+
+    blob_backend: Literal["local", "s3"] = "local"
+    blob_dir: Path | None = None
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "fedface"
+    s3_prefix: str = "blobs/"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+
+    admin_token: SecretStr | None = Field(
+        default=None, description="Admin bearer token; generated into data_dir/admin-token when unset"
+    )
+
+    # Intake limits: every size and value a device sends is checked against these.
+    max_update_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_num_samples: int = Field(default=100_000, gt=0)
+    max_metrics_bytes: int = Field(default=4096, gt=0)
+
+    # Scheduling.
+    idle_retry_s: float = Field(default=30.0, gt=0)
+    tick_interval_s: float = Field(default=0.5, gt=0)
+    lease_ttl_s: float = Field(default=5.0, gt=0)
+    checkin_rate_per_min: int = Field(default=120, gt=0, description="Per-device check-in rate limit")
+
+    replica_id: str | None = Field(default=None, description="Stable name of this process; random if unset")
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'fedface.db').resolve()}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,19 @@
+"""Entry point of the `fedface` command: one place that lists the subcommands."""
+
+from __future__ import annotations
+
+import typer
+
+from fedface_cli import serve_cmd
+
+app = typer.Typer(
+    name="fedface",
+    help="FedFace: federated training of face recognition from one-identity devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+app.command("serve")(serve_cmd.serve)
+
+if __name__ == "__main__":
+    app()

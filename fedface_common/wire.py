@@ -1,0 +1,79 @@
+"""Wire schemas of the device API, shared by the coordinator and the agent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+API_PREFIX = "/v1"
+
+# Headers that carry a submission's metadata beside its safetensors body.
+HEADER_NUM_SAMPLES = "X-FedFace-Num-Samples"
+HEADER_BASE_VERSION = "X-FedFace-Base-Version"
+HEADER_CLIENT_METRICS = "X-FedFace-Client-Metrics"
+
+# Names of tensors in an update that are not backbone deltas.
+CLASS_EMBEDDING_TENSOR = "fedface.class_embedding"
+MANIFEST_METADATA_KEY = "fedface.manifest"
+
+
+class EnrollRequest(BaseModel):
+    token: str = Field(min_length=8, max_length=256)
+    label: str | None = Field(default=None, max_length=128, description="Free-form name of the device")
+
+
+class EnrollResponse(BaseModel):
+    device_id: str
+    credential: str = Field(description="Shown once; the coordinator keeps only its hash")
+
+
+class TrainingConfig(BaseModel):
+    """What the device needs to train one round. Values come from the round's config."""
+
+    algorithm: str
+    local_epochs: int = Field(ge=1, le=100)
+    batch_size: int = Field(ge=1, le=4096)
+    learning_rate: float = Field(gt=0, le=10)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="Algorithm-specific settings")
+
+
+class Task(BaseModel):
+    round_id: int
+    model_version: int
+    model_sha256: str
+    deadline: datetime
+    training: TrainingConfig
+    has_class_embedding: bool = Field(
+        description="Whether the coordinator holds a class embedding for this device (GET it from the round)"
+    )
+    extra_blobs: dict[str, str] = Field(
+        default_factory=dict, description="Name -> sha256 of further tensors the round ships (public centres)"
+    )
+
+
+class CheckInResponse(BaseModel):
+    status: Literal["task", "wait"]
+    task: Task | None = None
+    retry_after_s: float | None = Field(default=None, description="When status is 'wait': come back after this")
+
+
+class SubmitResponse(BaseModel):
+    update_id: int
+    round_id: int
+    sha256: str
+    status: Literal["accepted"]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with a stable machine-readable code."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
