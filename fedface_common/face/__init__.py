@@ -1,0 +1,1 @@
+"""The face model and what both sides need to feed it: alignment and preprocessing."""
