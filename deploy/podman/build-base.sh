@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Build the FedFace base image (Debian bookworm + python3) without any
+# container registry: debootstrap a minimal rootfs from the Debian mirror and
+# `podman import` it as localhost/fedface-base:bookworm.
+#
+# The rootfs tarball is cached OUTSIDE the clone (FEDFACE_BASE_CACHE, default
+# /var/cache/fedface/base) and reused, so only the first run hits the mirror.
+#
+# Env:
+#   FEDFACE_BASE_CACHE   cache dir (default /var/cache/fedface/base)
+#   FEDFACE_BASE_IMAGE   image name (default localhost/fedface-base:bookworm)
+#   DEBIAN_MIRROR        mirror URL (default: first URI in the host's apt sources, else deb.debian.org)
+#   PODMAN               podman command incl. global flags (default: "podman")
+#   FORCE_REBUILD=1      re-debootstrap even when the cached tarball exists
+set -euo pipefail
+
+CACHE="${FEDFACE_BASE_CACHE:-/var/cache/fedface/base}"
+IMAGE="${FEDFACE_BASE_IMAGE:-localhost/fedface-base:bookworm}"
+PODMAN="${PODMAN:-podman}"
+SUITE=bookworm
+TARBALL="$CACHE/rootfs-$SUITE.tar"
+
+log() { printf '[build-base] %s\n' "$*" >&2; }
+
+default_mirror() {
+    # Use the same mirror apt already uses on this host (it may be the only one reachable).
+    local uri
+    uri=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list 2>/dev/null \
+        | grep -v security | head -n1 | awk '{ if ($1 == "deb") print $2; else print $2 }')
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+MIRROR="${DEBIAN_MIRROR:-$(default_mirror)}"
+
+need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    log "installing $2 (needs apt)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+# The image already exists and the cache is in place: nothing to do.
+if [[ "${FORCE_REBUILD:-0}" != 1 ]] && $PODMAN image exists "$IMAGE" 2>/dev/null; then
+    log "$IMAGE already present"
+    exit 0
+fi
+
+if [[ "${FORCE_REBUILD:-0}" == 1 || ! -s "$TARBALL" ]]; then
+    need debootstrap debootstrap
+    mkdir -p "$CACHE"
+    work=$(mktemp -d "$CACHE/rootfs.XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+    log "debootstrapping $SUITE from $MIRROR into $work (a few minutes, once)"
+    # minbase keeps the image small; python3-venv gives ensurepip/venv for the
+    # multi-stage build; ca-certificates so the agent can talk TLS.
+    nice debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+        "$SUITE" "$work" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
+        || { log "debootstrap failed, see $CACHE/debootstrap.log"; tail -n 20 "$CACHE/debootstrap.log" >&2; exit 1; }
+    # Drop what a container never needs: apt lists and caches, docs, man pages.
+    rm -rf "$work"/var/lib/apt/lists/* "$work"/var/cache/apt/*.bin "$work"/var/cache/apt/archives/*.deb \
+        "$work"/usr/share/doc/* "$work"/usr/share/man/* "$work"/usr/share/info/*
+    tar --numeric-owner -C "$work" -cf "$TARBALL.tmp" .
+    mv "$TARBALL.tmp" "$TARBALL"
+    rm -rf "$work"
+    trap - EXIT
+    log "cached rootfs at $TARBALL ($(du -h "$TARBALL" | cut -f1))"
+else
+    log "reusing cached rootfs $TARBALL"
+fi
+
+$PODMAN import \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["/bin/bash"]' \
+    "$TARBALL" "$IMAGE" >/dev/null
+log "imported $IMAGE"
