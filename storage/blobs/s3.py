@@ -1,0 +1,255 @@
+"""Blob store on S3 or any S3-compatible service (MinIO, Ceph RGW, moto).
+
+Every coordinator replica shares one bucket, which is what makes the
+coordinator horizontally scalable: a blob uploaded through one replica can be
+served by another. Objects live at `<prefix><sha256>`; because keys are the
+hash of the content, an upload of a key that already exists is skipped and two
+replicas racing to store the same bytes write identical objects.
+
+boto3 is synchronous, so every network call runs in a worker thread
+(`asyncio.to_thread`) to keep the event loop free."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from storage.blobs.base import BlobNotFound, BlobStore, BlobWriter, check_key
+
+# Error codes S3 and its look-alikes use for "no such object/bucket". A HEAD
+# response has no body, so botocore reports it by HTTP status ("404").
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_BUCKET_OURS = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _is_not_found(exc: ClientError) -> bool:
+    return _error_code(exc) in _NOT_FOUND
+
+
+def make_s3_client(
+    *,
+    endpoint_url: str | None = None,
+    region: str = "us-east-1",
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    connect_timeout_s: float = 5.0,
+    read_timeout_s: float = 60.0,
+    max_attempts: int = 5,
+) -> Any:
+    """A boto3 S3 client suited to the coordinator.
+
+    With no keys given boto3's default credential chain applies (env, instance
+    or pod identity), which is what a cloud deployment wants."""
+    config = Config(
+        region_name=region,
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        # One pooled connection per worker thread that `asyncio.to_thread` may use.
+        max_pool_connections=32,
+        # Self-hosted S3 (MinIO) rarely has wildcard DNS for virtual-host buckets.
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+    )
+    # boto3 clients are thread-safe once built (sessions are not), so one
+    # client is shared by all threads of the store.
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        config=config,
+    )
+
+
+class _S3Writer(BlobWriter):
+    """Stages the blob in a local temp file (hashing as it goes), so the key is
+    known and the bytes can be validated before anything reaches S3."""
+
+    def __init__(self, store: S3BlobStore) -> None:
+        super().__init__()
+        self._store = store
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="s3-upload-")
+        self._file = os.fdopen(fd, "wb")
+        self._path = Path(name)
+
+    async def _write(self, chunk: bytes) -> None:
+        # Same reasoning as the local store: appending a chunk to a local file
+        # is cheaper than a thread hop.
+        self._file.write(chunk)
+
+    def staged_path(self) -> Path:
+        self._file.flush()
+        return self._path
+
+    async def commit(self) -> str:
+        key = self.sha256
+        self._file.close()
+        try:
+            await self._store.upload_file(self._path, key)
+        finally:
+            self._path.unlink(missing_ok=True)
+        return key
+
+    async def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+class S3BlobStore(BlobStore):
+    """Content-addressed blobs in `s3://<bucket>/<prefix><sha256>`.
+
+    The constructor does no network I/O, so a coordinator can start while S3
+    is still coming up (its readiness probe reports it). With
+    `create_bucket=True` the bucket is created on first use when missing;
+    `ensure_bucket()` does it eagerly."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        create_bucket: bool = False,
+        region: str | None = None,
+        tmp_dir: Path | None = None,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.region = region
+        self.tmp_dir = tmp_dir
+        if tmp_dir is not None:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._create_bucket = create_bucket
+        self._bucket_ready = False
+
+    @classmethod
+    async def open(
+        cls,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        region: str | None = None,
+        tmp_dir: Path | None = None,
+    ) -> S3BlobStore:
+        """Construct the store and make sure its bucket exists."""
+        store = cls(client, bucket, prefix, create_bucket=True, region=region, tmp_dir=tmp_dir)
+        await store.ensure_bucket()
+        return store
+
+    def key_of(self, sha256: str) -> str:
+        return self.prefix + check_key(sha256)
+
+    # -- bucket --------------------------------------------------------------
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket unless it exists. Safe to race with other replicas."""
+        await asyncio.to_thread(self._ensure_bucket_sync)
+        self._bucket_ready = True
+
+    def _ensure_bucket_sync(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            if not _is_not_found(exc):
+                raise
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        # us-east-1 is the one region S3 rejects as an explicit LocationConstraint.
+        if self.region and self.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            self.client.create_bucket(**kwargs)
+        except ClientError as exc:
+            # Another replica created it between our HEAD and CREATE.
+            if _error_code(exc) not in _BUCKET_OURS:
+                raise
+
+    async def _maybe_ensure_bucket(self) -> None:
+        # No lock: ensure_bucket is idempotent, so a concurrent duplicate call is harmless.
+        if self._create_bucket and not self._bucket_ready:
+            await self.ensure_bucket()
+
+    # -- BlobStore -----------------------------------------------------------
+
+    def writer(self) -> BlobWriter:
+        return _S3Writer(self)
+
+    async def upload_file(self, path: Path, sha256: str) -> None:
+        """Upload a staged file under its hash, unless that object already exists."""
+        key = self.key_of(sha256)
+        await self._maybe_ensure_bucket()
+        if await self.exists(sha256):
+            return
+        # upload_file switches to a multipart upload for big files; botocore
+        # adds a CRC checksum per request, so corruption in transit is caught.
+        await asyncio.to_thread(self.client.upload_file, str(path), self.bucket, key)
+
+    async def exists(self, sha256: str) -> bool:
+        try:
+            await self._head(sha256)
+        except BlobNotFound:
+            return False
+        return True
+
+    async def _head(self, sha256: str) -> dict[str, Any]:
+        key = self.key_of(sha256)
+        try:
+            result: dict[str, Any] = await asyncio.to_thread(self.client.head_object, Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise BlobNotFound(sha256) from exc
+            raise
+        return result
+
+    async def size(self, sha256: str) -> int:
+        return int((await self._head(sha256))["ContentLength"])
+
+    async def _get_body(self, sha256: str) -> Any:
+        key = self.key_of(sha256)
+        try:
+            response = await asyncio.to_thread(self.client.get_object, Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise BlobNotFound(sha256) from exc
+            raise
+        return response["Body"]
+
+    async def get_bytes(self, sha256: str) -> bytes:
+        body = await self._get_body(sha256)
+        try:
+            data: bytes = await asyncio.to_thread(body.read)
+        finally:
+            body.close()
+        return data
+
+    async def stream(self, sha256: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        body = await self._get_body(sha256)
+        try:
+            while chunk := await asyncio.to_thread(body.read, chunk_size):
+                yield chunk
+        finally:
+            # Release the pooled connection even if the consumer stops early.
+            body.close()
+
+    async def delete(self, sha256: str) -> None:
+        # S3's DELETE succeeds for a missing key, matching the local store.
+        await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=self.key_of(sha256))
+
+    async def ping(self) -> None:
+        await self._maybe_ensure_bucket()
+        await asyncio.to_thread(self.client.head_bucket, Bucket=self.bucket)

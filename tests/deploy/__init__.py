@@ -1,0 +1,1 @@
+"""Deployment tests: S3 blob store, container image, manifests."""
