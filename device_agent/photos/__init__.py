@@ -1,0 +1,1 @@
+"""On-device photo pipeline: MTCNN detection, five-point alignment, folder processing."""
