@@ -1,0 +1,1 @@
+"""Operator and research tools: pretraining, embedding, evaluation."""
