@@ -77,18 +77,27 @@ def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None
     return save(contiguous, metadata=dict(metadata) if metadata else None)
 
 
-def read_header(data: bytes | memoryview) -> tuple[TensorSpec, dict[str, str], int]:
-    """Parse and check the safetensors header without touching tensor bytes.
-
-    Returns the spec, the metadata and the total size the header promises, so
-    that a caller can refuse a body before decoding it."""
-    if len(data) < 8:
+def header_length(prefix: bytes | memoryview, total_size: int) -> int:
+    """Length of the JSON header announced by the first 8 bytes, range-checked."""
+    if len(prefix) < 8 or total_size < 8:
         raise TensorFormatError("body is shorter than a safetensors header")
-    (header_len,) = struct.unpack("<Q", bytes(data[:8]))
-    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+    (n,) = struct.unpack("<Q", bytes(prefix[:8]))
+    if n > MAX_HEADER_BYTES or 8 + n > total_size:
         raise TensorFormatError("safetensors header length is out of range")
+    return int(n)
+
+
+def parse_header(head: bytes | memoryview, total_size: int) -> tuple[TensorSpec, dict[str, str]]:
+    """Parse and check a safetensors header without touching tensor bytes.
+
+    `head` is the 8-byte length plus the JSON header; `total_size` is the size
+    of the whole body, so offsets are checked against it and a body can be
+    refused before its tensors are decoded."""
+    header_len = header_length(head, total_size)
+    if len(head) < 8 + header_len:
+        raise TensorFormatError("safetensors header is truncated")
     try:
-        header = json.loads(bytes(data[8 : 8 + header_len]))
+        header = json.loads(bytes(head[8 : 8 + header_len]))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TensorFormatError("safetensors header is not JSON") from exc
     if not isinstance(header, dict):
@@ -111,13 +120,17 @@ def read_header(data: bytes | memoryview) -> tuple[TensorSpec, dict[str, str], i
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
             raise TensorFormatError(f"tensor {name!r} has malformed offsets")
         info = TensorInfo(dtype, tuple(shape))
-        if offsets[1] - offsets[0] != info.numel * _DTYPES[dtype].itemsize or offsets[0] < 0:
+        if offsets[0] < 0 or offsets[1] - offsets[0] != info.numel * _DTYPES[dtype].itemsize:
             raise TensorFormatError(f"tensor {name!r} offsets do not match its shape")
         end = max(end, offsets[1])
         spec[name] = info
-    if 8 + header_len + end != len(data):
+    if 8 + header_len + end != total_size:
         raise TensorFormatError("safetensors body length does not match its header")
-    return spec, metadata_raw, 8 + header_len + end
+    return spec, metadata_raw
+
+
+def read_header(data: bytes | memoryview) -> tuple[TensorSpec, dict[str, str]]:
+    return parse_header(data, len(data))
 
 
 def check_spec(actual: TensorSpec, expected: TensorSpec) -> None:
@@ -135,7 +148,7 @@ def check_spec(actual: TensorSpec, expected: TensorSpec) -> None:
 
 def decode(data: bytes, expected: TensorSpec | None = None, require_finite: bool = True) -> dict[str, np.ndarray]:
     """Validate then decode a safetensors body."""
-    spec, _, _ = read_header(data)
+    spec, _ = read_header(data)
     if expected is not None:
         check_spec(spec, expected)
     try:

@@ -1,0 +1,106 @@
+"""Aggregate a round: fold its accepted updates one at a time from the blob
+store (memory O(model size)), then write the new model version and the
+round's committed state in one transaction.
+
+After a crash at any point the round is still `aggregating` and the old
+version is served; the next driver simply runs this again. Blobs are
+content-addressed, so re-writing the result is harmless."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import structlog
+
+from coordinator.context import AppContext
+from coordinator.metrics import AGGREGATION_SECONDS, ROUND_DURATION
+from coordinator.schemas import RoundConfig
+from coordinator.services import models as model_service
+from coordinator.services.rounds import AGGREGATING, COMMITTED, create_round
+from coordinator.strategies import Accumulator, Strategy, make_strategy
+from fedface_common.tensors import decode, encode
+from fedface_common.wire import MANIFEST_METADATA_KEY
+from storage.db import utcnow
+from storage.models import ModelVersion
+from storage.repositories.embeddings import ClassEmbeddingRepository
+from storage.repositories.models_repo import ModelVersionRepository
+from storage.repositories.rounds import RoundRepository
+from storage.repositories.updates import UpdateRepository
+
+log = structlog.get_logger("coordinator.aggregate")
+
+
+async def fold_updates(ctx: AppContext, strategy: Strategy, updates: list[tuple[Any, str, int]], expected: Any,
+                       progress: Any = None) -> Accumulator:
+    """Fold (device_id, blob sha256, num_samples) triples into a fresh accumulator."""
+    acc = Accumulator()
+    for device_id, sha, num_samples in updates:
+        data = await ctx.blobs.get_bytes(sha)
+
+        def _fold(data: bytes = data, device_id: Any = device_id, num_samples: int = num_samples) -> None:
+            strategy.fold(acc, device_id, decode(data, expected), num_samples)
+
+        await asyncio.to_thread(_fold)
+        del data
+        if progress is not None:
+            progress()
+    return acc
+
+
+async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
+    """Returns the new version id, or None when another process got there first."""
+    started = time.perf_counter()
+    async with ctx.sessions() as session:
+        rnd = await RoundRepository(session).get(round_id)
+        if rnd is None or rnd.state != AGGREGATING:
+            return None
+        base = await model_service.get(session, rnd.base_version_id)
+        rows = await UpdateRepository(session).for_round(round_id)
+        updates = [(u.device_id, u.blob_sha256, u.num_samples) for u in rows]
+        strategy = make_strategy(rnd.algorithm, rnd.config.get("params"))
+        dim = model_service.embedding_dim(base)
+        current_w = await ClassEmbeddingRepository(session).all(dim) if strategy.uses_class_embeddings and dim else {}
+        expected = strategy.update_spec(model_service.tensor_spec(base), dim)
+        base_sha, base_manifest, algorithm = base.blob_sha256, base.manifest, rnd.algorithm
+        config = RoundConfig.model_validate(rnd.config)
+
+    acc = await fold_updates(ctx, strategy, updates, expected)
+    base_weights = decode(await ctx.blobs.get_bytes(base_sha))
+    result = await asyncio.to_thread(strategy.finalize, base_weights, acc, current_w)
+    del base_weights
+    blob = encode(result.weights, {MANIFEST_METADATA_KEY: json.dumps(base_manifest)})
+    new_sha = await ctx.blobs.put_bytes(blob)
+    size = len(blob)
+    del blob
+    aggregate_s = time.perf_counter() - started
+    metrics = {**result.metrics, "aggregate_s": round(aggregate_s, 4), "algorithm": algorithm}
+
+    async with ctx.sessions() as session, session.begin():
+        rounds = RoundRepository(session)
+        rnd = await rounds.get(round_id, lock=True)
+        if rnd is None or rnd.state != AGGREGATING:
+            return None  # another driver committed it while we computed
+        now = utcnow()
+        versions = ModelVersionRepository(session)
+        version = await versions.add(ModelVersion(
+            parent_id=rnd.base_version_id, round_id=round_id, blob_sha256=new_sha, size_bytes=size,
+            manifest=base_manifest, tensor_spec=base.tensor_spec, class_centres_sha256=base.class_centres_sha256,
+            metrics=metrics, created_at=now,
+        ))
+        await versions.set_served(version.id, now)
+        if result.class_embeddings:
+            await ClassEmbeddingRepository(session).upsert_many(result.class_embeddings, version.id)
+        rnd.state, rnd.result_version_id, rnd.finished_at, rnd.metrics = COMMITTED, version.id, now, metrics
+        if rnd.continuous_remaining > 0:
+            await create_round(session, config, version.id, rnd.continuous_remaining - 1)
+        new_version_id = version.id
+        duration = (now - rnd.created_at).total_seconds()
+    await ctx.state.cache_current_round(None)
+    AGGREGATION_SECONDS.observe(aggregate_s)
+    ROUND_DURATION.labels(state=COMMITTED).observe(duration)
+    log.info("round_committed", round_id=round_id, version_id=new_version_id, updates=acc.count,
+             aggregate_s=round(aggregate_s, 3))
+    return new_version_id

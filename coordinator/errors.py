@@ -1,0 +1,152 @@
+"""Typed errors, each with an HTTP status and a stable code, rendered as RFC
+9457 problem documents. Services raise these; routes never build responses
+for failures themselves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from coordinator.metrics import ERRORS
+
+log = structlog.get_logger("coordinator.errors")
+
+
+class FedFaceError(Exception):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.extra = extra
+
+
+class Unauthorized(FedFaceError):
+    status, code, title = 401, "unauthorized", "Missing or invalid credentials"
+
+
+class CredentialRevoked(FedFaceError):
+    status, code, title = 403, "credential_revoked", "This credential has been revoked"
+
+
+class Forbidden(FedFaceError):
+    status, code, title = 403, "forbidden", "Not allowed for this credential"
+
+
+class NotSelected(FedFaceError):
+    status, code, title = 403, "not_selected", "This device is not part of that round"
+
+
+class InvalidEnrollmentToken(FedFaceError):
+    status, code, title = 401, "invalid_enrollment_token", "Enrollment token is invalid, expired or used up"
+
+
+class NotFound(FedFaceError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class RoundNotFound(NotFound):
+    code, title = "round_not_found", "No such round"
+
+
+class ModelNotFound(NotFound):
+    code, title = "model_not_found", "No such model version"
+
+
+class DeviceNotFound(NotFound):
+    code, title = "device_not_found", "No such device"
+
+
+class Conflict(FedFaceError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class RoundClosed(Conflict):
+    code, title = "round_closed", "The round is not accepting submissions"
+
+
+class StaleBaseVersion(Conflict):
+    code, title = "stale_base_version", "The update was trained from another model version"
+
+
+class DuplicateSubmission(Conflict):
+    code, title = "duplicate_submission", "A different update was already accepted for this round"
+
+
+class RoundActive(Conflict):
+    code, title = "round_active", "Another round is still running"
+
+
+class InvalidRoundState(Conflict):
+    code, title = "invalid_round_state", "The round cannot make that transition"
+
+
+class NoServedModel(Conflict):
+    code, title = "no_served_model", "No model version is served yet"
+
+
+class PayloadTooLarge(FedFaceError):
+    status, code, title = 413, "payload_too_large", "The body exceeds the configured limit"
+
+
+class InvalidTensors(FedFaceError):
+    status, code, title = 422, "invalid_tensors", "The body is not a valid safetensors file"
+
+
+class TensorSpecMismatch(FedFaceError):
+    status, code, title = 422, "tensor_spec_mismatch", "Tensor names, shapes or dtypes differ from the manifest"
+
+
+class NonFiniteValues(FedFaceError):
+    status, code, title = 422, "non_finite_values", "The update contains NaN or Inf"
+
+
+class InvalidNumSamples(FedFaceError):
+    status, code, title = 422, "invalid_num_samples", "The sample count is missing, negative or absurd"
+
+
+class InvalidMetadata(FedFaceError):
+    status, code, title = 422, "invalid_metadata", "Submission metadata is malformed"
+
+
+class InvalidConfig(FedFaceError):
+    status, code, title = 422, "invalid_config", "The configuration is invalid"
+
+
+class RateLimited(FedFaceError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+
+def problem(status: int, code: str, title: str, detail: str | None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"type": f"https://fedface.dev/problems/{code}", "title": title, "status": status,
+                            "code": code, "detail": detail}
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FedFaceError)
+    async def _fedface_error(request: Request, exc: FedFaceError) -> JSONResponse:
+        ERRORS.labels(code=exc.code).inc()
+        log.warning("request_refused", code=exc.code, status=exc.status, path=request.url.path, detail=exc.detail)
+        headers = {}
+        if isinstance(exc, RateLimited) and "retry_after_s" in exc.extra:
+            headers["Retry-After"] = str(int(exc.extra["retry_after_s"]))
+        resp = problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+        resp.headers.update(headers)
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        ERRORS.labels(code="validation_error").inc()
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        log.warning("request_refused", code="validation_error", status=422, path=request.url.path)
+        return problem(422, "validation_error", "Request validation failed", None, errors=errors)

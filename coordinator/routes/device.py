@@ -1,0 +1,55 @@
+"""The device API (/v1). Every call but enrollment needs a device credential."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from coordinator.deps import Ctx, CurrentDevice, Session
+from coordinator.routes.blobs import blob_response
+from coordinator.services import checkin as checkin_service
+from coordinator.services import downloads, intake
+from coordinator.services import enrollment as enrollment_service
+from fedface_common.wire import API_PREFIX, CheckInResponse, EnrollRequest, EnrollResponse, SubmitResponse
+
+router = APIRouter(prefix=API_PREFIX, tags=["device"])
+
+
+@router.post("/enroll", response_model=EnrollResponse, status_code=201)
+async def enroll(body: EnrollRequest, session: Session) -> EnrollResponse:
+    device, credential = await enrollment_service.enroll(session, body.token, body.label)
+    return EnrollResponse(device_id=str(device.id), credential=credential)
+
+
+@router.post("/check-in", response_model=CheckInResponse)
+async def check_in(device: CurrentDevice, session: Session, ctx: Ctx) -> CheckInResponse:
+    return await checkin_service.check_in(session, ctx, device)
+
+
+@router.get("/models/{version_id}/weights", responses={304: {"description": "Not modified"}})
+async def model_weights(version_id: int, request: Request, device: CurrentDevice, session: Session,
+                        ctx: Ctx) -> Response:
+    blob = await downloads.model_for_device(session, device, version_id)
+    return await blob_response(ctx, blob, request.headers.get("if-none-match"))
+
+
+@router.get("/rounds/{round_id}/class-embedding")
+async def class_embedding(round_id: int, device: CurrentDevice, session: Session) -> Response:
+    data = await downloads.class_embedding_for_device(session, device, round_id)
+    return Response(content=data, media_type="application/octet-stream")
+
+
+@router.get("/rounds/{round_id}/class-centres", responses={304: {"description": "Not modified"}})
+async def class_centres(round_id: int, request: Request, device: CurrentDevice, session: Session,
+                        ctx: Ctx) -> Response:
+    blob = await downloads.class_centres_for_device(session, device, round_id)
+    return await blob_response(ctx, blob, request.headers.get("if-none-match"))
+
+
+@router.post("/rounds/{round_id}/update", response_model=SubmitResponse,
+             openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+                 "schema": {"type": "string", "format": "binary"}}}}})
+async def submit_update(round_id: int, request: Request, device: CurrentDevice, session: Session,
+                        ctx: Ctx) -> SubmitResponse:
+    return await intake.submit(session, ctx, device, round_id, request.headers, request.stream())
+
+

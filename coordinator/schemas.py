@@ -1,0 +1,99 @@
+"""Request and response bodies of the admin API (the device API's live in
+fedface_common.wire, since the agent needs them too)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class RoundConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: str = Field(default="fedface", max_length=32)
+    target_devices: int = Field(default=10, ge=1, le=100_000)
+    min_devices: int = Field(default=1, ge=1, le=100_000)
+    over_selection: float = Field(default=1.3, ge=1.0, le=10.0)
+    deadline_s: float = Field(default=600.0, gt=0, le=7 * 24 * 3600)
+    local_epochs: int = Field(default=1, ge=1, le=100)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=0.01, gt=0, le=10)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="Algorithm parameters (see docs)")
+    continuous_rounds: int = Field(default=0, ge=0, le=100_000, description="Start this many more rounds after")
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> RoundConfig:
+        if self.min_devices > self.target_devices:
+            raise ValueError("min_devices cannot exceed target_devices")
+        return self
+
+
+class RoundOut(BaseModel):
+    id: int
+    state: str
+    algorithm: str
+    config: dict[str, Any]
+    base_version_id: int
+    result_version_id: int | None
+    continuous_remaining: int
+    created_at: datetime
+    deadline_at: datetime
+    closed_at: datetime | None
+    finished_at: datetime | None
+    failure_reason: str | None
+    metrics: dict[str, Any]
+    selected: int
+    submitted: int
+    accepted: int
+    rejected: int
+
+
+class ModelVersionOut(BaseModel):
+    id: int
+    parent_id: int | None
+    round_id: int | None
+    sha256: str
+    size_bytes: int
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+    note: str | None
+    has_class_centres: bool
+    served: bool
+    created_at: datetime
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_uses: int = Field(default=1, ge=1, le=1_000_000)
+    ttl_s: float = Field(default=24 * 3600, gt=0, le=365 * 24 * 3600)
+    note: str | None = Field(default=None, max_length=256)
+
+
+class TokenOut(BaseModel):
+    id: str
+    token: str = Field(description="Shown once; only its hash is stored")
+    max_uses: int
+    expires_at: datetime
+
+
+class DeviceOut(BaseModel):
+    id: str
+    label: str | None
+    created_at: datetime
+    last_seen_at: datetime | None
+    revoked_at: datetime | None
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    details: dict[str, Any]

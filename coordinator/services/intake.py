@@ -1,0 +1,153 @@
+"""Update intake: every check a device's submission must pass, in the order
+that refuses cheaply first (state and headers before reading the body).
+
+Success is answered only once the update is durable: the blob is fsynced and
+renamed into place here, and the row commits at the request boundary before
+the response is sent. A retry of the same bytes gets the same answer."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator.context import AppContext
+from coordinator.errors import (
+    DuplicateSubmission,
+    FedFaceError,
+    InvalidMetadata,
+    InvalidNumSamples,
+    NotSelected,
+    RoundClosed,
+    StaleBaseVersion,
+)
+from coordinator.metrics import SUBMISSIONS, UPDATE_BYTES
+from coordinator.services import models as model_service
+from coordinator.services import rounds as round_service
+from coordinator.services.uploads import receive, validate_staged_async
+from coordinator.strategies import make_strategy
+from fedface_common.wire import HEADER_BASE_VERSION, HEADER_CLIENT_METRICS, HEADER_NUM_SAMPLES, SubmitResponse
+from storage.db import utcnow
+from storage.models import Device, Round, Update
+from storage.repositories.rounds import RoundRepository
+from storage.repositories.updates import UpdateRepository
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw.strip())
+    except ValueError:
+        return None
+
+
+def parse_num_samples(headers: Mapping[str, str], limit: int) -> int:
+    n = _int_header(headers, HEADER_NUM_SAMPLES)
+    if n is None or n < 1 or n > limit:
+        raise InvalidNumSamples(f"{HEADER_NUM_SAMPLES} must be an integer in [1, {limit}]")
+    return n
+
+
+def parse_client_metrics(headers: Mapping[str, str], limit: int) -> dict[str, Any]:
+    raw = headers.get(HEADER_CLIENT_METRICS)
+    if raw is None:
+        return {}
+    if len(raw) > limit:
+        raise InvalidMetadata(f"{HEADER_CLIENT_METRICS} exceeds {limit} bytes")
+    try:
+        metrics = json.loads(raw)
+    except json.JSONDecodeError:
+        raise InvalidMetadata(f"{HEADER_CLIENT_METRICS} is not JSON") from None
+    ok_value = (int, float, str, bool)
+    if not isinstance(metrics, dict) or not all(
+        isinstance(k, str) and len(k) <= 64 and isinstance(v, ok_value) for k, v in metrics.items()
+    ):
+        raise InvalidMetadata(f"{HEADER_CLIENT_METRICS} must be a flat JSON object of numbers and strings")
+    for value in metrics.values():
+        if (isinstance(value, float) and value != value) or value in (float("inf"), float("-inf")):
+            raise InvalidMetadata("client metrics must be finite")
+    return metrics
+
+
+def _answer(upd: Update) -> SubmitResponse:
+    return SubmitResponse(update_id=upd.id, round_id=upd.round_id, sha256=upd.blob_sha256, status="accepted")
+
+
+async def _check_round(session: AsyncSession, rnd: Round, device_id: uuid.UUID, headers: Mapping[str, str]) -> None:
+    if await RoundRepository(session).assignment(rnd.id, device_id) is None:
+        raise NotSelected(f"device was not selected for round {rnd.id}")
+    if rnd.state != round_service.COLLECTING or rnd.stop_requested or utcnow() >= rnd.deadline_at:
+        raise RoundClosed(f"round {rnd.id} is {rnd.state if rnd.state != 'collecting' else 'past its deadline'}")
+    base = _int_header(headers, HEADER_BASE_VERSION)
+    if base is None:
+        raise InvalidMetadata(f"{HEADER_BASE_VERSION} header is required")
+    if base != rnd.base_version_id:
+        raise StaleBaseVersion(f"round {rnd.id} trains from version {rnd.base_version_id}, not {base}")
+
+
+async def submit(
+    session: AsyncSession, ctx: AppContext, device: Device, round_id: int, headers: Mapping[str, str],
+    body: AsyncIterator[bytes],
+) -> SubmitResponse:
+    structlog.contextvars.bind_contextvars(round_id=round_id)
+    rnd = await round_service.get(session, round_id)
+    try:
+        return await _submit(session, ctx, device, rnd, headers, body)
+    except FedFaceError as exc:
+        SUBMISSIONS.labels(outcome=exc.code).inc()
+        if not isinstance(exc, NotSelected):
+            await ctx.state.incr("round", rnd.id, "rejected")
+        raise
+
+
+async def _submit(
+    session: AsyncSession, ctx: AppContext, device: Device, rnd: Round, headers: Mapping[str, str],
+    body: AsyncIterator[bytes],
+) -> SubmitResponse:
+    settings = ctx.settings
+    await _check_round(session, rnd, device.id, headers)
+    num_samples = parse_num_samples(headers, settings.max_num_samples)
+    client_metrics = parse_client_metrics(headers, settings.max_metrics_bytes)
+    updates = UpdateRepository(session)
+    previous = await updates.find(rnd.id, device.id)
+
+    writer = await receive(body, headers.get("content-length"), settings.max_update_bytes, ctx.blobs)
+    try:
+        if previous is not None:
+            if previous.blob_sha256 == writer.sha256 and previous.num_samples == num_samples:
+                SUBMISSIONS.labels(outcome="replayed").inc()
+                return _answer(previous)
+            raise DuplicateSubmission(f"update {previous.id} was already accepted for round {rnd.id}")
+        version = await model_service.get(session, rnd.base_version_id)
+        expected = make_strategy(rnd.algorithm, rnd.config.get("params")).update_spec(
+            model_service.tensor_spec(version), model_service.embedding_dim(version)
+        )
+        await validate_staged_async(writer, expected)
+        sha = await writer.commit()
+    finally:
+        await writer.abort()  # no-op after commit; removes the staged file otherwise
+
+    try:
+        async with session.begin_nested():
+            upd = await updates.add(Update(
+                round_id=rnd.id, device_id=device.id, blob_sha256=sha, size_bytes=writer.size,
+                num_samples=num_samples, base_version_id=rnd.base_version_id, client_metrics=client_metrics,
+                replica_id=ctx.replica_id, created_at=utcnow(),
+            ))
+    except IntegrityError:
+        # A concurrent retry of this device won the race; answer as that one did.
+        winner = await updates.find(rnd.id, device.id)
+        if winner is not None and winner.blob_sha256 == sha:
+            return _answer(winner)
+        raise DuplicateSubmission(f"another update was already accepted for round {rnd.id}") from None
+    SUBMISSIONS.labels(outcome="accepted").inc()
+    UPDATE_BYTES.inc(writer.size)
+    ctx.wake_driver()
+    return _answer(upd)

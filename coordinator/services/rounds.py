@@ -1,0 +1,97 @@
+"""Operator actions on rounds: start, stop, cancel, list with live counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator.context import AppContext
+from coordinator.errors import InvalidConfig, InvalidRoundState, NoServedModel, RoundActive, RoundNotFound
+from coordinator.schemas import RoundConfig, RoundOut
+from coordinator.strategies import make_strategy
+from coordinator.strategies.base import StrategyConfigError
+from storage.db import utcnow
+from storage.models import Round
+from storage.repositories.audit import AuditRepository
+from storage.repositories.models_repo import ModelVersionRepository
+from storage.repositories.rounds import RoundRepository
+
+COLLECTING, AGGREGATING, COMMITTED, FAILED, CANCELLED = "collecting", "aggregating", "committed", "failed", "cancelled"
+
+
+async def create_round(session: AsyncSession, config: RoundConfig, base_version_id: int, remaining: int) -> Round:
+    now = utcnow()
+    return await RoundRepository(session).add(
+        Round(state=COLLECTING, algorithm=config.algorithm, config=config.model_dump(mode="json"),
+              base_version_id=base_version_id, continuous_remaining=remaining, created_at=now,
+              deadline_at=now + timedelta(seconds=config.deadline_s), metrics={})
+    )
+
+
+async def start(session: AsyncSession, ctx: AppContext, actor: str, config: RoundConfig) -> Round:
+    try:
+        strategy = make_strategy(config.algorithm, config.params)
+    except StrategyConfigError as exc:
+        raise InvalidConfig(str(exc)) from exc
+    served = await ModelVersionRepository(session).served_id(lock=True)
+    if served is None:
+        raise NoServedModel("register a model version first")
+    version = await ModelVersionRepository(session).get(served)
+    assert version is not None
+    if strategy.ships_class_centres and version.class_centres_sha256 is None:
+        raise InvalidConfig(f"{config.algorithm} needs class centres attached to model version {served}")
+    rounds = RoundRepository(session)
+    if await rounds.active() is not None:
+        raise RoundActive()
+    rnd = await create_round(session, config, served, config.continuous_rounds)
+    await AuditRepository(session).record(actor, "round.start", str(rnd.id), config=rnd.config)
+    await ctx.state.cache_current_round(None)
+    return rnd
+
+
+async def get(session: AsyncSession, round_id: int, lock: bool = False) -> Round:
+    rnd = await RoundRepository(session).get(round_id, lock=lock)
+    if rnd is None:
+        raise RoundNotFound(f"round {round_id} does not exist")
+    return rnd
+
+
+async def stop(session: AsyncSession, ctx: AppContext, actor: str, round_id: int) -> Round:
+    """Close collection now: the driver aggregates if the quorum is met, else fails the round."""
+    rnd = await get(session, round_id, lock=True)
+    if rnd.state != COLLECTING:
+        raise InvalidRoundState(f"round {round_id} is {rnd.state}")
+    rnd.stop_requested = True
+    rnd.continuous_remaining = 0
+    await AuditRepository(session).record(actor, "round.stop", str(round_id))
+    return rnd
+
+
+async def cancel(session: AsyncSession, ctx: AppContext, actor: str, round_id: int) -> Round:
+    rnd = await get(session, round_id, lock=True)
+    if rnd.state != COLLECTING:
+        raise InvalidRoundState(f"round {round_id} is {rnd.state}; only a collecting round can be cancelled")
+    now = utcnow()
+    rnd.state, rnd.closed_at, rnd.finished_at, rnd.continuous_remaining = CANCELLED, now, now, 0
+    await AuditRepository(session).record(actor, "round.cancel", str(round_id))
+    await ctx.state.cache_current_round(None)
+    return rnd
+
+
+async def describe(session: AsyncSession, ctx: AppContext, rnd: Round) -> RoundOut:
+    counts = await RoundRepository(session).counts(rnd.id)
+    return RoundOut(
+        id=rnd.id, state=rnd.state, algorithm=rnd.algorithm, config=rnd.config, base_version_id=rnd.base_version_id,
+        result_version_id=rnd.result_version_id, continuous_remaining=rnd.continuous_remaining,
+        created_at=rnd.created_at, deadline_at=rnd.deadline_at, closed_at=rnd.closed_at,
+        finished_at=rnd.finished_at, failure_reason=rnd.failure_reason, metrics=rnd.metrics,
+        selected=counts.selected, accepted=counts.submitted,
+        rejected=await ctx.state.get_count("round", rnd.id, "rejected"),
+        submitted=counts.submitted + await ctx.state.get_count("round", rnd.id, "rejected"),
+    )
+
+
+async def list_rounds(session: AsyncSession, ctx: AppContext, limit: int) -> Sequence[RoundOut]:
+    return [await describe(session, ctx, r) for r in await RoundRepository(session).list(limit)]

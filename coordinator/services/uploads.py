@@ -1,0 +1,84 @@
+"""Receiving request bodies into the blob store without buffering them whole.
+
+The size limit is enforced twice: against Content-Length before a byte is
+read, and while streaming (a chunked body has no Content-Length)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+from safetensors import safe_open
+
+from coordinator.errors import InvalidTensors, NonFiniteValues, PayloadTooLarge, TensorSpecMismatch
+from fedface_common.tensors import (
+    TensorFormatError,
+    TensorSpec,
+    TensorSpecError,
+    check_spec,
+    header_length,
+    parse_header,
+)
+from storage.blobs import BlobStore, BlobWriter
+
+
+async def receive(
+    body: AsyncIterator[bytes], content_length: str | None, limit: int, blobs: BlobStore
+) -> BlobWriter:
+    """Stage a body in the blob store; the caller commits or aborts the writer."""
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise InvalidTensors("Content-Length is not an integer") from None
+        if declared > limit:
+            raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit}", limit=limit)
+    writer = blobs.writer()
+    try:
+        async for chunk in body:
+            if writer.size + len(chunk) > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", limit=limit)
+            await writer.write(chunk)
+    except BaseException:
+        await writer.abort()
+        raise
+    return writer
+
+
+def _read_staged_header(writer: BlobWriter) -> tuple[TensorSpec, dict[str, str]]:
+    with writer.staged_path().open("rb") as f:
+        prefix = f.read(8)
+        try:
+            n = header_length(prefix, writer.size)
+            return parse_header(prefix + f.read(n), writer.size)
+        except TensorFormatError as exc:
+            raise InvalidTensors(str(exc)) from exc
+
+
+def validate_staged(writer: BlobWriter, expected: TensorSpec | None) -> tuple[TensorSpec, dict[str, str]]:
+    """Check a staged safetensors body: header shape, expected spec, finiteness.
+
+    Runs in a worker thread. Tensors are read one at a time through
+    safetensors' memory map, so memory stays O(largest tensor)."""
+    spec, metadata = _read_staged_header(writer)
+    if expected is not None:
+        try:
+            check_spec(spec, expected)
+        except TensorSpecError as exc:
+            raise TensorSpecMismatch(str(exc)) from exc
+    try:
+        with safe_open(str(writer.staged_path()), framework="numpy") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+                arr = f.get_tensor(name)
+                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                    raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
+    except (NonFiniteValues, TensorSpecMismatch):
+        raise
+    except Exception as exc:  # safetensors' own errors for inconsistent files
+        raise InvalidTensors(f"safetensors body could not be decoded: {exc}") from exc
+    return spec, metadata
+
+
+async def validate_staged_async(writer: BlobWriter, expected: TensorSpec | None) -> tuple[TensorSpec, dict[str, str]]:
+    return await asyncio.to_thread(validate_staged, writer, expected)

@@ -1,0 +1,128 @@
+"""The strategy interface, after Flower's: a strategy configures a round for
+the clients and aggregates the round's updates. It performs no I/O; the round
+engine streams updates into its accumulator one at a time, so memory stays
+O(model size) whatever the number of devices."""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fedface_common.tensors import TensorInfo, TensorSpec
+from fedface_common.wire import CLASS_EMBEDDING_TENSOR
+
+
+class StrategyConfigError(ValueError):
+    pass
+
+
+class StrategyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Accumulator:
+    """Running, mergeable state of a round's aggregation.
+
+    `sums` hold sample-weighted sums of the deltas in float64, so the result
+    does not depend on the order updates arrive in (up to float rounding)."""
+
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    total_weight: float = 0.0
+    count: int = 0
+    rows: dict[uuid.UUID, np.ndarray] = field(default_factory=dict)
+
+    def merge(self, other: Accumulator) -> None:
+        for name, value in other.sums.items():
+            if name in self.sums:
+                self.sums[name] += value
+            else:
+                self.sums[name] = value.copy()
+        self.total_weight += other.total_weight
+        self.count += other.count
+        overlap = set(self.rows) & set(other.rows)
+        if overlap:
+            raise ValueError(f"devices folded twice: {sorted(map(str, overlap))[:3]}")
+        self.rows.update(other.rows)
+
+
+@dataclass
+class AggregationResult:
+    weights: dict[str, np.ndarray]
+    class_embeddings: dict[uuid.UUID, np.ndarray]
+    metrics: dict[str, Any]
+
+
+class Strategy(ABC):
+    name: ClassVar[str]
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+    uses_class_embeddings: ClassVar[bool] = False
+    ships_class_centres: ClassVar[bool] = False
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        try:
+            self.params = self.Params.model_validate(dict(params or {}))
+        except ValidationError as exc:
+            raise StrategyConfigError(f"invalid {self.name} parameters: {exc.errors(include_url=False)}") from exc
+
+    # Round configuration -------------------------------------------------------
+    def client_params(self) -> dict[str, Any]:
+        """Algorithm settings the devices need (they go into the task's training config)."""
+        return self.params.model_dump()
+
+    def update_spec(self, model_spec: TensorSpec, embedding_dim: int | None) -> TensorSpec:
+        """What a device's update must contain: an F32 delta per float tensor of
+        the model, plus the device's class embedding where the strategy keeps W."""
+        spec = {
+            name: TensorInfo("F32", info.shape)
+            for name, info in model_spec.items()
+            if info.dtype in ("F32", "F16", "F64")
+        }
+        if self.uses_class_embeddings and embedding_dim:
+            spec[CLASS_EMBEDDING_TENSOR] = TensorInfo("F32", (embedding_dim,))
+        return spec
+
+    # Aggregation -----------------------------------------------------------------
+    def fold(self, acc: Accumulator, device_id: uuid.UUID, update: Mapping[str, np.ndarray], num_samples: int) -> None:
+        if num_samples <= 0:
+            raise ValueError("num_samples must be positive")
+        w = float(num_samples)
+        for name, delta in update.items():
+            if name == CLASS_EMBEDDING_TENSOR:
+                continue
+            contribution = delta.astype(np.float64) * w
+            if name in acc.sums:
+                acc.sums[name] += contribution
+            else:
+                acc.sums[name] = contribution
+        if CLASS_EMBEDDING_TENSOR in update:
+            if device_id in acc.rows:
+                raise ValueError(f"device {device_id} folded twice")
+            acc.rows[device_id] = np.asarray(update[CLASS_EMBEDDING_TENSOR], dtype=np.float32).copy()
+        acc.total_weight += w
+        acc.count += 1
+
+    def apply_mean_delta(self, base: Mapping[str, np.ndarray], acc: Accumulator) -> dict[str, np.ndarray]:
+        """base + weighted mean of the deltas; tensors no update touched stay as they were."""
+        if acc.count == 0:
+            raise ValueError("no updates to aggregate")
+        out: dict[str, np.ndarray] = {}
+        for name, value in base.items():
+            if name in acc.sums:
+                mean_delta = acc.sums[name] / acc.total_weight
+                out[name] = (value.astype(np.float64) + mean_delta).astype(value.dtype)
+            else:
+                out[name] = value
+        return out
+
+    @abstractmethod
+    def finalize(
+        self, base: Mapping[str, np.ndarray], acc: Accumulator, class_embeddings: Mapping[uuid.UUID, np.ndarray]
+    ) -> AggregationResult:
+        """New weights and W rows from the base model, the folded updates and the current W."""

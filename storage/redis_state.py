@@ -1,0 +1,103 @@
+"""Coordination state in Redis: leases, rate limits, counters and the cached
+current round. Nothing here is needed to recover accepted updates or models:
+losing Redis costs at most a lease hand-over and some counters."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis import asyncio as aioredis
+from redis.exceptions import WatchError
+
+RedisClient = aioredis.Redis
+
+
+def make_redis(url: str | None) -> RedisClient:
+    """A real Redis when a URL is given; otherwise an in-process stand-in."""
+    if url:
+        return aioredis.from_url(url, decode_responses=True, health_check_interval=30)
+    import fakeredis
+
+    return fakeredis.FakeAsyncRedis(decode_responses=True)
+
+
+class CoordinationState:
+    def __init__(self, redis: RedisClient, prefix: str = "fedface:") -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    def _k(self, *parts: object) -> str:
+        return self.prefix + ":".join(str(p) for p in parts)
+
+    # Leases ------------------------------------------------------------
+    async def acquire_or_renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """True while `holder` owns the lease. Safe against two holders:
+        renewal happens under WATCH, so a lease taken over meanwhile is not extended."""
+        key = self._k("lease", name)
+        ttl_ms = max(1, int(ttl_s * 1000))
+        if await self.redis.set(key, holder, nx=True, px=ttl_ms):
+            return True
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                if await pipe.get(key) != holder:
+                    await pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.set(key, holder, px=ttl_ms)
+                await pipe.execute()
+                return True
+            except WatchError:
+                return False
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        key = self._k("lease", name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                if await pipe.get(key) == holder:
+                    pipe.multi()
+                    pipe.delete(key)
+                    await pipe.execute()
+                else:
+                    await pipe.unwatch()
+            except WatchError:
+                pass
+
+    async def lease_holder(self, name: str) -> str | None:
+        value = await self.redis.get(self._k("lease", name))
+        return str(value) if value is not None else None
+
+    # Rate limits and counters -------------------------------------------
+    async def hit_rate_limit(self, scope: str, who: str, limit: int, window_s: int = 60) -> bool:
+        """Fixed-window counter; True when `who` is over `limit` in this window."""
+        window = int(time.time() // window_s)
+        key = self._k("rate", scope, who, window)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window_s * 2)
+            count, _ = await pipe.execute()
+        return int(count) > limit
+
+    async def incr(self, *parts: object, by: int = 1) -> int:
+        return int(await self.redis.incrby(self._k("count", *parts), by))
+
+    async def get_count(self, *parts: object) -> int:
+        value = await self.redis.get(self._k("count", *parts))
+        return int(value) if value is not None else 0
+
+    # Cached current round ---------------------------------------------------
+    async def cache_current_round(self, payload: str | None, ttl_s: float = 2.0) -> None:
+        key = self._k("current_round")
+        if payload is None:
+            await self.redis.delete(key)
+        else:
+            await self.redis.set(key, payload, px=int(ttl_s * 1000))
+
+    async def cached_current_round(self) -> str | None:
+        value: Any = await self.redis.get(self._k("current_round"))
+        return str(value) if value is not None else None
+
+    async def ping(self) -> None:
+        await self.redis.ping()

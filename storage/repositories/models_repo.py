@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import ModelVersion, ServedModel
+
+
+class ModelVersionRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, version_id: int) -> ModelVersion | None:
+        return await self.session.get(ModelVersion, version_id)
+
+    async def add(self, version: ModelVersion) -> ModelVersion:
+        self.session.add(version)
+        await self.session.flush()
+        return version
+
+    async def list(self, limit: int = 1000) -> Sequence[ModelVersion]:
+        return (await self.session.scalars(select(ModelVersion).order_by(ModelVersion.id).limit(limit))).all()
+
+    async def served_id(self, lock: bool = False) -> int | None:
+        stmt = select(ServedModel).where(ServedModel.id == 1)
+        if lock:
+            stmt = stmt.with_for_update()
+        row = (await self.session.scalars(stmt)).first()
+        return row.version_id if row else None
+
+    async def set_served(self, version_id: int, at: datetime) -> None:
+        row = await self.session.get(ServedModel, 1, with_for_update=True)
+        if row is None:
+            self.session.add(ServedModel(id=1, version_id=version_id, updated_at=at))
+        else:
+            row.version_id = version_id
+            row.updated_at = at
+        await self.session.flush()
