@@ -1,0 +1,42 @@
+# FedFace developer commands. `make test` is what CI runs (via .ci/run).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export FEDFACE_DATA ?= $(abspath ../shared/data)
+
+.PHONY: install test lint typecheck pytest serve demo bench-ingest clean
+
+install: $(VENV)/.installed
+
+# torch is pinned (==2.13.0, the CPU build on this machine's disk) in pyproject;
+# facenet-pytorch is installed without its dependencies because it pins an old
+# torch and torchvision. We only use its MTCNN weight files.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[server,agent,lab,dev]"
+	$(PIP) install -q --no-deps facenet-pytorch==2.6.0
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+typecheck: install
+	$(VENV)/bin/mypy .
+
+pytest: install
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+serve: install
+	$(VENV)/bin/fedface serve
+
+demo: install
+	$(VENV)/bin/fedface demo
+
+bench-ingest: install
+	$(VENV)/bin/fedface bench ingest --devices 500 --params 1000000 --out docs/results/ingest.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache fedface-data
