@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fedface_cli import migrate_cmd, serve_cmd
+from fedface_cli import lab_cmds, migrate_cmd, serve_cmd
 
 app = typer.Typer(
     name="fedface",
@@ -14,6 +14,9 @@ app = typer.Typer(
 )
 
 app.command("serve")(serve_cmd.serve)
+app.command("pretrain")(lab_cmds.pretrain)
+app.command("embed")(lab_cmds.embed)
+app.command("eval")(lab_cmds.eval_cmd)
 app.command("migrate")(migrate_cmd.migrate)
 
 if __name__ == "__main__":
