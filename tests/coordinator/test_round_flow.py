@@ -1,0 +1,194 @@
+"""A whole round over real HTTP: enroll, check in, download, submit, aggregate."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from fedface_common.tensors import decode
+from fedface_common.wire import CLASS_EMBEDDING_TENSOR
+from tests.support.fleet import (
+    ADMIN,
+    delta,
+    delta_bytes,
+    enroll,
+    get_round,
+    register_model,
+    start_round,
+    tiny_model,
+)
+from tests.support.live import LiveServer, wait_until
+
+
+@pytest.fixture
+def api(server: LiveServer) -> httpx.Client:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def test_round_commits_weighted_mean_of_concurrent_devices(api: httpx.Client) -> None:
+    base = tiny_model()
+    v1 = register_model(api, base)
+    devices = enroll(api, 4)
+    rnd = start_round(api, target_devices=4, min_devices=4)
+    tasks = [d.check_in() for d in devices]
+    assert all(t["status"] == "task" and t["task"]["round_id"] == rnd["id"] for t in tasks)
+    assert tasks[0]["task"]["model_version"] == v1["id"]
+
+    samples = [1, 2, 3, 10]
+
+    def run(i: int) -> httpx.Response:
+        return devices[i].submit(rnd["id"], delta_bytes(i), num_samples=samples[i], base_version=v1["id"])
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(run, range(4)))
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+
+    wait_until(lambda: get_round(api, rnd["id"])["state"] == "committed", what="round commit")
+    done = get_round(api, rnd["id"])
+    assert (done["selected"], done["accepted"], done["rejected"]) == (4, 4, 0)
+    new_id = done["result_version_id"]
+
+    weights = np.array(samples, dtype=np.float64) / sum(samples)
+    r = api.get(f"/v1/admin/models/{new_id}/weights", headers=ADMIN)
+    got = decode(r.content)
+    for name in ("layer.weight", "layer.bias"):
+        expected = base[name] + sum(w * delta(i)[name] for i, w in enumerate(weights))
+        np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-6)
+    # Integer buffers pass through untouched.
+    assert got["bn.num_batches_tracked"] == base["bn.num_batches_tracked"]
+
+    versions = api.get("/v1/admin/models", headers=ADMIN).json()
+    newest = next(v for v in versions if v["id"] == new_id)
+    assert newest["parent_id"] == v1["id"] and newest["round_id"] == rnd["id"] and newest["served"]
+    assert newest["metrics"]["updates"] == 4
+    assert 0 <= newest["metrics"]["aggregate_s"] < 30
+
+
+def test_each_device_downloads_only_its_task_and_its_own_embedding(api: httpx.Client) -> None:
+    v1 = register_model(api)
+    a, b, outsider = enroll(api, 3)
+    rnd = start_round(api, target_devices=2, min_devices=1, over_selection=1.0)
+    assert a.check_in()["status"] == "task"
+    assert b.check_in()["status"] == "task"
+    assert outsider.check_in()["status"] == "wait"
+
+    r = api.get(f"/v1/models/{v1['id']}/weights", headers=a.auth)
+    assert r.status_code == 200 and r.headers["etag"] == f'"{v1["sha256"]}"'
+    assert decode(r.content)["layer.bias"].shape == (3,)
+    cached = api.get(f"/v1/models/{v1['id']}/weights", headers={**a.auth, "If-None-Match": r.headers["etag"]})
+    assert cached.status_code == 304 and cached.content == b""
+
+    refused = api.get(f"/v1/models/{v1['id']}/weights", headers=outsider.auth)
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    assert api.get("/v1/models/999/weights", headers=a.auth).json()["code"] == "model_not_found"
+
+    # No class embedding yet; after the round, each device gets its own row and only that.
+    assert api.get(f"/v1/rounds/{rnd['id']}/class-embedding", headers=a.auth).status_code == 404
+    assert a.submit(rnd["id"], delta_bytes(1), base_version=v1["id"]).status_code == 200
+    assert b.submit(rnd["id"], delta_bytes(2), base_version=v1["id"]).status_code == 200
+    wait_until(lambda: get_round(api, rnd["id"])["state"] == "committed", what="round commit")
+
+    rnd2 = start_round(api, target_devices=2, min_devices=1)
+    assert a.check_in()["task"]["has_class_embedding"] is True
+    mine = decode(api.get(f"/v1/rounds/{rnd2['id']}/class-embedding", headers=a.auth).content)
+    sent = delta(1)[CLASS_EMBEDDING_TENSOR]
+    np.testing.assert_allclose(mine[CLASS_EMBEDDING_TENSOR], sent / np.linalg.norm(sent), rtol=1e-5)
+    assert api.get(f"/v1/rounds/{rnd2['id']}/class-embedding", headers=outsider.auth).status_code == 403
+
+
+def test_retry_gets_same_answer_and_a_different_second_update_is_refused(api: httpx.Client) -> None:
+    v1 = register_model(api)
+    (dev,) = enroll(api, 1)
+    rnd = start_round(api, target_devices=2, min_devices=1)
+    dev.check_in()
+    first = dev.submit(rnd["id"], delta_bytes(5), num_samples=3, base_version=v1["id"])
+    again = dev.submit(rnd["id"], delta_bytes(5), num_samples=3, base_version=v1["id"])
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    other = dev.submit(rnd["id"], delta_bytes(6), num_samples=3, base_version=v1["id"])
+    assert other.status_code == 409 and other.json()["code"] == "duplicate_submission"
+    assert get_round(api, rnd["id"])["accepted"] == 1
+
+
+def test_round_without_quorum_fails_and_served_model_stays(api: httpx.Client) -> None:
+    v1 = register_model(api)
+    a, b = enroll(api, 2)
+    rnd = start_round(api, target_devices=5, min_devices=2, deadline_s=1.0)
+    a.check_in()
+    b.check_in()
+    assert a.submit(rnd["id"], delta_bytes(1), base_version=v1["id"]).status_code == 200
+    wait_until(lambda: get_round(api, rnd["id"])["state"] == "failed", what="round failure")
+    failed = get_round(api, rnd["id"])
+    assert "quorum" in failed["failure_reason"] and failed["result_version_id"] is None
+    late = b.submit(rnd["id"], delta_bytes(2), base_version=v1["id"])
+    assert late.status_code == 409 and late.json()["code"] == "round_closed"
+    served = [v for v in api.get("/v1/admin/models", headers=ADMIN).json() if v["served"]]
+    assert [v["id"] for v in served] == [v1["id"]]
+
+
+def test_stop_aggregates_when_quorum_met_and_cancel_discards(api: httpx.Client) -> None:
+    v1 = register_model(api)
+    a, b = enroll(api, 2)
+    rnd = start_round(api, target_devices=5, min_devices=1)
+    a.check_in()
+    assert a.submit(rnd["id"], delta_bytes(1), base_version=v1["id"]).status_code == 200
+    assert api.post(f"/v1/admin/rounds/{rnd['id']}/stop", headers=ADMIN).status_code == 200
+    wait_until(lambda: get_round(api, rnd["id"])["state"] == "committed", what="commit after stop")
+
+    rnd2 = start_round(api, target_devices=5, min_devices=1)
+    b.check_in()
+    r = api.post(f"/v1/admin/rounds/{rnd2['id']}/cancel", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    late = b.submit(rnd2["id"], delta_bytes(2), base_version=rnd2["base_version_id"])
+    assert late.json()["code"] == "round_closed"
+    again = api.post(f"/v1/admin/rounds/{rnd2['id']}/cancel", headers=ADMIN)
+    assert again.status_code == 409 and again.json()["code"] == "invalid_round_state"
+
+
+def test_continuous_rounds_chain_from_each_new_version(api: httpx.Client) -> None:
+    register_model(api)
+    (dev,) = enroll(api, 1)
+    first = start_round(api, target_devices=1, min_devices=1, continuous_rounds=2)
+    seen_versions = []
+    for i in range(3):
+        task = None
+
+        def got_task() -> bool:
+            nonlocal task
+            resp = dev.check_in()
+            task = resp.get("task")
+            return resp["status"] == "task"
+
+        wait_until(got_task, what=f"task for round {i}")
+        assert task is not None
+        seen_versions.append(task["model_version"])
+        r = dev.submit(task["round_id"], delta_bytes(i), base_version=task["model_version"])
+        assert r.status_code == 200, r.text
+    rounds = api.get("/v1/admin/rounds", headers=ADMIN).json()
+    wait_until(lambda: all(r["state"] == "committed" for r in api.get("/v1/admin/rounds", headers=ADMIN).json()),
+               what="all rounds committed")
+    assert len(rounds) == 3 and rounds[-1]["id"] == first["id"]
+    assert seen_versions == sorted(seen_versions) and len(set(seen_versions)) == 3
+
+
+def test_only_one_active_round_and_promote_rollback(api: httpx.Client) -> None:
+    v1 = register_model(api)
+    v2 = register_model(api, tiny_model(seed=1), serve=False)
+    assert v2["served"] is False
+    r = api.post(f"/v1/admin/models/{v2['id']}/promote", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["served"]
+    rnd = start_round(api)
+    assert rnd["base_version_id"] == v2["id"]
+    again = api.post("/v1/admin/rounds", json={"algorithm": "fedavg"}, headers=ADMIN)
+    assert again.status_code == 409 and again.json()["code"] == "round_active"
+    # v2 has no parent: rollback is refused and nothing changes.
+    rb = api.post("/v1/admin/models/rollback", headers=ADMIN)
+    assert rb.status_code == 409
+    served = [v["id"] for v in api.get("/v1/admin/models", headers=ADMIN).json() if v["served"]]
+    assert served == [v2["id"]] and v1["id"] != v2["id"]
+    audit = [e["action"] for e in api.get("/v1/admin/audit", headers=ADMIN).json()]
+    assert {"model.register", "model.promote", "round.start"} <= set(audit)

@@ -1,0 +1,57 @@
+"""The coordinator on a real loopback socket, in a thread of the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import uvicorn
+
+from coordinator.app import create_app
+from coordinator.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: object, timeout: float = 20.0, interval: float = 0.02, what: str = "condition") -> None:
+    """Poll a condition with a deadline; tests wait on state, never on a fixed delay."""
+    assert callable(predicate)
+    end = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+class LiveServer:
+    def __init__(self, settings: Settings, run_driver: bool = True) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings, run_driver=run_driver)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
+                                lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._server.serve())
+
+    def start(self) -> None:
+        self._thread.start()
+        wait_until(lambda: self._server.started, timeout=30, what="uvicorn start")
+        with httpx.Client(base_url=self.url) as c:
+            wait_until(lambda: c.get("/readyz").status_code == 200, timeout=30, what="/readyz")
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
