@@ -39,24 +39,33 @@ RUN --mount=type=bind,source=.build/wheelhouse/server,target=/wheels \
     /opt/pip-tool/bin/pip wheel --no-deps --constraint /tmp/requirements-build.txt \
         --wheel-dir /dist /src
 
-# Dependencies first (a layer that only changes with the pins), then fedface.
-FROM builder AS server-venv
+# Per image: the dependencies (a layer that only changes with the pins), then
+# fedface itself, staged under /staging (DESTDIR-style: its console script keeps
+# /opt/venv/bin/python in the shebang), so the runtime image takes it as a small
+# layer over the cached dependency layer. It is also installed in place for
+# `pip check`: with --no-deps everywhere the pins must be the complete closure.
+FROM builder AS server-deps
 COPY deploy/requirements-server.txt /tmp/requirements.txt
 RUN --mount=type=bind,source=.build/wheelhouse/server,target=/wheels \
     python3 -m venv --without-pip /opt/venv \
     && /opt/pip-tool/bin/pip --python /opt/venv/bin/python install --no-deps -r /tmp/requirements.txt
+
+FROM server-deps AS server-app
 COPY --from=wheel /dist/ /tmp/dist/
-# --no-deps plus `pip check`: the pins must already be the complete closure.
-RUN /opt/pip-tool/bin/pip --python /opt/venv/bin/python install --no-deps /tmp/dist/*.whl \
+RUN /opt/pip-tool/bin/pip --python /opt/venv/bin/python install --no-deps --root /staging /tmp/dist/*.whl \
+    && cp -a /staging/. / \
     && /opt/pip-tool/bin/pip --python /opt/venv/bin/python check
 
-FROM builder AS agent-venv
+FROM builder AS agent-deps
 COPY deploy/requirements-agent.txt /tmp/requirements.txt
 RUN --mount=type=bind,source=.build/wheelhouse/agent,target=/wheels \
     python3 -m venv --without-pip /opt/venv \
     && /opt/pip-tool/bin/pip --python /opt/venv/bin/python install --no-deps -r /tmp/requirements.txt
+
+FROM agent-deps AS agent-app
 COPY --from=wheel /dist/ /tmp/dist/
-RUN /opt/pip-tool/bin/pip --python /opt/venv/bin/python install --no-deps /tmp/dist/*.whl \
+RUN /opt/pip-tool/bin/pip --python /opt/venv/bin/python install --no-deps --root /staging /tmp/dist/*.whl \
+    && cp -a /staging/. / \
     && /opt/pip-tool/bin/pip --python /opt/venv/bin/python check
 
 # ---------------------------------------------------------------- runtime ----
@@ -77,7 +86,8 @@ LABEL org.opencontainers.image.title="FedFace" \
 
 # The device agent: `fedface agent run --server URL --photos DIR --enroll-token T`.
 FROM runtime AS agent
-COPY --from=agent-venv /opt/venv /opt/venv
+COPY --from=agent-deps /opt/venv /opt/venv
+COPY --from=agent-app /staging/ /
 USER 10001:10001
 ENTRYPOINT ["fedface", "agent", "run"]
 CMD ["--help"]
@@ -85,7 +95,8 @@ CMD ["--help"]
 # The coordinator (default target). `fedface serve` applies migrations before
 # serving; with several replicas run `fedface migrate` once and pass --no-migrate.
 FROM runtime AS coordinator
-COPY --from=server-venv /opt/venv /opt/venv
+COPY --from=server-deps /opt/venv /opt/venv
+COPY --from=server-app /staging/ /
 USER 10001:10001
 EXPOSE 8000
 # Liveness, not readiness: a coordinator whose database is down is alive and

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Markers are evaluated for the images' interpreter, Debian bookworm's python3
 # 3.11.2, not for the venv's: e.g. redis needs async-timeout below 3.11.3.
 TARGET_PYTHON = "3.11.2"
-TARGET_ENV = {
-    **default_environment(),
+TARGET_ENV: dict[str, str] = {
+    **{k: str(v) for k, v in default_environment().items()},
     "python_version": "3.11",
     "python_full_version": TARGET_PYTHON,
     "sys_platform": "linux",
