@@ -6,6 +6,7 @@ coordinator), so the settings are described by a Protocol that
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Protocol
 
@@ -55,18 +56,21 @@ def make_blob_store(settings: BlobSettings, *, tmp_dir: Path | None = None) -> B
         # Imported here so that a local-only install does not need boto3.
         from storage.blobs.s3 import S3BlobStore, make_s3_client
 
-        client = make_s3_client(
+        connect = functools.partial(
+            make_s3_client,
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             access_key_id=_reveal(settings.s3_access_key_id),
             secret_access_key=_reveal(settings.s3_secret_access_key),
         )
         return S3BlobStore(
-            client,
+            connect(),
             settings.s3_bucket,
             settings.s3_prefix,
             create_bucket=True,
             region=settings.s3_region,
             tmp_dir=tmp_dir,
+            # Fails fast for /readyz (which gives up after ~3 s) instead of retrying.
+            probe_client=connect(connect_timeout_s=2, read_timeout_s=2, max_attempts=1),
         )
     raise ValueError(f"unknown blob_backend {backend!r} (expected 'local' or 's3')")

@@ -125,8 +125,13 @@ class S3BlobStore(BlobStore):
         create_bucket: bool = False,
         region: str | None = None,
         tmp_dir: Path | None = None,
+        probe_client: Any | None = None,
     ) -> None:
         self.client = client
+        # Readiness probes time out after a few seconds but cannot cancel the
+        # worker thread of a blocked boto3 call; a client with short timeouts
+        # and no retries keeps an S3 outage from tying up the thread pool.
+        self.probe_client = probe_client or client
         self.bucket = bucket
         self.prefix = prefix
         self.region = region
@@ -156,14 +161,14 @@ class S3BlobStore(BlobStore):
 
     # -- bucket --------------------------------------------------------------
 
-    async def ensure_bucket(self) -> None:
+    async def ensure_bucket(self, *, client: Any | None = None) -> None:
         """Create the bucket unless it exists. Safe to race with other replicas."""
-        await asyncio.to_thread(self._ensure_bucket_sync)
+        await asyncio.to_thread(self._ensure_bucket_sync, client or self.client)
         self._bucket_ready = True
 
-    def _ensure_bucket_sync(self) -> None:
+    def _ensure_bucket_sync(self, client: Any) -> None:
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            client.head_bucket(Bucket=self.bucket)
             return
         except ClientError as exc:
             if not _is_not_found(exc):
@@ -173,16 +178,16 @@ class S3BlobStore(BlobStore):
         if self.region and self.region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
         try:
-            self.client.create_bucket(**kwargs)
+            client.create_bucket(**kwargs)
         except ClientError as exc:
             # Another replica created it between our HEAD and CREATE.
             if _error_code(exc) not in _BUCKET_OURS:
                 raise
 
-    async def _maybe_ensure_bucket(self) -> None:
+    async def _maybe_ensure_bucket(self, client: Any | None = None) -> None:
         # No lock: ensure_bucket is idempotent, so a concurrent duplicate call is harmless.
         if self._create_bucket and not self._bucket_ready:
-            await self.ensure_bucket()
+            await self.ensure_bucket(client=client)
 
     # -- BlobStore -----------------------------------------------------------
 
@@ -251,5 +256,5 @@ class S3BlobStore(BlobStore):
         await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=self.key_of(sha256))
 
     async def ping(self) -> None:
-        await self._maybe_ensure_bucket()
-        await asyncio.to_thread(self.client.head_bucket, Bucket=self.bucket)
+        await self._maybe_ensure_bucket(self.probe_client)
+        await asyncio.to_thread(self.probe_client.head_bucket, Bucket=self.bucket)

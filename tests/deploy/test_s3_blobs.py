@@ -243,8 +243,31 @@ async def test_factory_s3(s3_endpoint: str, tmp_path: Path) -> None:
     store = make_blob_store(settings, tmp_dir=tmp_path)
     assert isinstance(store, S3BlobStore)
     assert (store.bucket, store.prefix) == (bucket, "blobs/")
+    assert store.probe_client is not store.client
     key = await store.put_bytes(b"via factory")  # creates the bucket on first use
     assert await store.get_bytes(key) == b"via factory"
+
+
+async def test_factory_s3_ping_fails_fast_when_unreachable(tmp_path: Path) -> None:
+    # /readyz waits ~3 s per check; the probe must give up before that rather
+    # than leave a worker thread retrying in the background.
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = _settings(
+        blob_backend="s3",
+        s3_endpoint_url=f"http://127.0.0.1:{port}",
+        s3_access_key_id=SecretStr("testing"),
+        s3_secret_access_key=SecretStr("testing"),
+    )
+    store = make_blob_store(settings, tmp_dir=tmp_path)
+    start = time.monotonic()
+    with pytest.raises(Exception):  # noqa: B017 - botocore EndpointConnectionError
+        await store.ping()
+    assert time.monotonic() - start < 2.5
 
 
 def test_factory_accepts_coordinator_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
