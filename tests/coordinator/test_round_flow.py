@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -24,7 +25,7 @@ from tests.support.live import LiveServer, wait_until
 
 
 @pytest.fixture
-def api(server: LiveServer) -> httpx.Client:
+def api(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
 

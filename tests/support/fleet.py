@@ -40,28 +40,29 @@ def model_bytes(tensors: dict[str, np.ndarray], embedding_dim: int | None = EMBE
 
 
 def register_model(api: httpx.Client, tensors: dict[str, np.ndarray] | None = None,
-                   embedding_dim: int | None = EMBEDDING_DIM, serve: bool = True) -> dict[str, Any]:
+                   embedding_dim: int | None = EMBEDDING_DIM, serve: bool = True,
+                   admin: dict[str, str] = ADMIN) -> dict[str, Any]:
     body = model_bytes(tensors if tensors is not None else tiny_model(), embedding_dim)
-    r = api.post("/v1/admin/models", content=body, headers=ADMIN, params={"serve": serve})
+    r = api.post("/v1/admin/models", content=body, headers=admin, params={"serve": serve})
     assert r.status_code == 201, r.text
     return dict(r.json())
 
 
-def start_round(api: httpx.Client, **config: Any) -> dict[str, Any]:
+def start_round(api: httpx.Client, admin: dict[str, str] = ADMIN, **config: Any) -> dict[str, Any]:
     body = {"algorithm": "fedavg", "target_devices": 2, "min_devices": 1, "deadline_s": 60, **config}
-    r = api.post("/v1/admin/rounds", json=body, headers=ADMIN)
+    r = api.post("/v1/admin/rounds", json=body, headers=admin)
     assert r.status_code == 201, r.text
     return dict(r.json())
 
 
-def get_round(api: httpx.Client, round_id: int) -> dict[str, Any]:
-    r = api.get(f"/v1/admin/rounds/{round_id}", headers=ADMIN)
+def get_round(api: httpx.Client, round_id: int, admin: dict[str, str] = ADMIN) -> dict[str, Any]:
+    r = api.get(f"/v1/admin/rounds/{round_id}", headers=admin)
     assert r.status_code == 200, r.text
     return dict(r.json())
 
 
-def issue_token(api: httpx.Client, max_uses: int = 10, ttl_s: float = 3600) -> str:
-    r = api.post("/v1/admin/enrollment-tokens", json={"max_uses": max_uses, "ttl_s": ttl_s}, headers=ADMIN)
+def issue_token(api: httpx.Client, max_uses: int = 10, ttl_s: float = 3600, admin: dict[str, str] = ADMIN) -> str:
+    r = api.post("/v1/admin/enrollment-tokens", json={"max_uses": max_uses, "ttl_s": ttl_s}, headers=admin)
     assert r.status_code == 201, r.text
     return str(r.json()["token"])
 
@@ -92,8 +93,8 @@ class Device:
         return self.api.post(f"/v1/rounds/{round_id}/update", content=body, headers=headers)
 
 
-def enroll(api: httpx.Client, n: int, token: str | None = None) -> list[Device]:
-    token = token or issue_token(api, max_uses=n)
+def enroll(api: httpx.Client, n: int, token: str | None = None, admin: dict[str, str] = ADMIN) -> list[Device]:
+    token = token or issue_token(api, max_uses=n, admin=admin)
     devices = []
     for i in range(n):
         r = api.post("/v1/enroll", json={"token": token, "label": f"dev-{i}"})
