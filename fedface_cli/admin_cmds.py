@@ -7,6 +7,7 @@ exits 1; usage errors (bad options, no token) exit 2."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,8 +33,14 @@ app.add_typer(rounds_app, name="rounds")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(devices_app, name="devices")
 
-out = Console()
 err = Console(stderr=True)
+
+
+def _console() -> Console:
+    """stdout console; piped output gets a wide fixed width instead of rich's
+    80 columns, so that tables stay one row per item in logs and files."""
+    probe = Console()
+    return probe if probe.is_terminal or "COLUMNS" in os.environ else Console(width=200)
 FINAL_STATES = ("committed", "failed", "cancelled")
 
 
@@ -108,15 +115,26 @@ def _emit(ctx: typer.Context, data: Any, render: Callable[[Any], None]) -> None:
         render(data)
 
 
-def _ts(value: Any) -> str:
-    """ISO timestamps shortened to the second, without the zone noise."""
+def _ts(value: Any, short: bool = False) -> str:
+    """ISO timestamps to the second without the zone noise (and without the year in tables)."""
     if not value:
         return "-"
-    return str(value).replace("T", " ")[:19]
+    text = str(value).replace("T", " ")[:19]
+    return text[5:] if short else text
 
 
 def _num(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _table(title: str, *columns: str) -> Table:
+    """A table whose columns named "=x" never wrap (ids, counts, states), so
+    that on a narrow terminal only the free-text columns fold."""
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        fixed = col.startswith("=")
+        table.add_column(col.lstrip("="), no_wrap=fixed, overflow="ellipsis" if fixed else "fold")
+    return table
 
 
 def _kv_table(title: str, rows: dict[str, Any]) -> Table:
@@ -135,20 +153,19 @@ def _metrics_summary(metrics: dict[str, Any], limit: int = 4) -> str:
 
 
 def _models_table(versions: list[JSON]) -> None:
-    table = Table(title="Model versions (* = served)", title_justify="left")
-    for col in ("", "version", "parent", "round", "architecture", "size", "sha256", "metrics", "note", "created"):
-        table.add_column(col, overflow="fold")
+    table = _table("Model versions (* = served)", "", "=version", "=parent", "=round", "architecture", "=size",
+                   "=sha256", "metrics", "note", "=created")
     for v in versions:
         table.add_row("[bold green]*[/]" if v["served"] else "", str(v["id"]), str(v["parent_id"] or "-"),
                       str(v["round_id"] or "-"), str(v["manifest"].get("architecture", "?")),
                       f"{v['size_bytes'] / 2**20:.1f} MiB", v["sha256"][:12], _metrics_summary(v["metrics"]) or "-",
-                      v["note"] or "", _ts(v["created_at"]))
-    out.print(table)
+                      v["note"] or "", _ts(v["created_at"], short=True))
+    _console().print(table)
 
 
 def _one_model(title: str) -> Callable[[Any], None]:
     def render(v: JSON) -> None:
-        out.print(_kv_table(title, {"version": v["id"], "parent": v["parent_id"], "round": v["round_id"],
+        _console().print(_kv_table(title, {"version": v["id"], "parent": v["parent_id"], "round": v["round_id"],
                                     "served": v["served"], "sha256": v["sha256"], "size_bytes": v["size_bytes"],
                                     "class centres": v["has_class_centres"], "manifest": v["manifest"],
                                     "metrics": v["metrics"], "note": v["note"], "created": _ts(v["created_at"])}))
@@ -201,7 +218,7 @@ def models_download(ctx: typer.Context, version: int,
     with _client(ctx) as c:
         size = c.download_model(version, out_file)
     _emit(ctx, {"version": version, "path": str(out_file), "size_bytes": size},
-          lambda d: out.print(f"wrote version {version} to {out_file} ({size} bytes)"))
+          lambda d: _console().print(f"wrote version {version} to {out_file} ({size} bytes)"))
 
 
 # Rounds -------------------------------------------------------------------------------
@@ -224,16 +241,14 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def _rounds_table(rounds: list[JSON]) -> None:
-    table = Table(title="Rounds", title_justify="left")
-    for col in ("id", "state", "algorithm", "base", "result", "selected", "submitted", "accepted", "rejected",
-                "created", "finished", "reason"):
-        table.add_column(col, overflow="fold")
+    table = _table("Rounds (sel/sub/acc/rej = selected, submitted, accepted, rejected devices)", "=id", "=state",
+                   "algorithm", "=base", "=result", "=sel", "=sub", "=acc", "=rej", "=created", "reason")
     for r in rounds:
         table.add_row(str(r["id"]), _state(r["state"]), r["algorithm"], str(r["base_version_id"]),
                       str(r["result_version_id"] or "-"), str(r["selected"]), str(r["submitted"]),
-                      str(r["accepted"]), str(r["rejected"]), _ts(r["created_at"]), _ts(r["finished_at"]),
+                      str(r["accepted"]), str(r["rejected"]), _ts(r["created_at"], short=True),
                       r["failure_reason"] or "")
-    out.print(table)
+    _console().print(table)
 
 
 def _state(state: str) -> str:
@@ -242,7 +257,7 @@ def _state(state: str) -> str:
 
 
 def _show_round(r: JSON) -> None:
-    out.print(_kv_table(f"Round {r['id']}", {
+    _console().print(_kv_table(f"Round {r['id']}", {
         "state": r["state"], "algorithm": r["algorithm"], "base version": r["base_version_id"],
         "result version": r["result_version_id"], "selected": r["selected"], "submitted": r["submitted"],
         "accepted": r["accepted"], "rejected": r["rejected"], "created": _ts(r["created_at"]),
@@ -350,19 +365,17 @@ def tokens_issue(ctx: typer.Context, uses: int = typer.Option(1, min=1, help="Ho
                  note: str | None = typer.Option(None, help="Free-form note")) -> None:
     """Issue an enrollment token (shown once; only its hash is kept)."""
     with _client(ctx) as c:
-        _emit(ctx, c.issue_token(uses, ttl, note), lambda t: out.print(_kv_table(
+        _emit(ctx, c.issue_token(uses, ttl, note), lambda t: _console().print(_kv_table(
             "Enrollment token (shown once)", {"token": t["token"], "id": t["id"], "max uses": t["max_uses"],
                                                "expires": _ts(t["expires_at"])})))
 
 
 def _devices_table(devices: list[JSON]) -> None:
-    table = Table(title=f"Devices ({len(devices)})", title_justify="left")
-    for col in ("id", "label", "enrolled", "last seen", "revoked"):
-        table.add_column(col, overflow="fold")
+    table = _table(f"Devices ({len(devices)})", "=id", "label", "=enrolled", "=last seen", "=revoked")
     for d in devices:
         table.add_row(d["id"], d["label"] or "", _ts(d["created_at"]), _ts(d["last_seen_at"]),
                       f"[red]{_ts(d['revoked_at'])}[/]" if d["revoked_at"] else "")
-    out.print(table)
+    _console().print(table)
 
 
 @devices_app.command("list")
@@ -387,12 +400,10 @@ def audit(ctx: typer.Context, limit: int = typer.Option(50, min=1, max=5000, hel
         entries = c.audit(limit)
 
     def render(rows: list[JSON]) -> None:
-        table = Table(title="Audit log", title_justify="left")
-        for col in ("id", "at", "actor", "action", "target", "details"):
-            table.add_column(col, overflow="fold")
+        table = _table("Audit log", "=id", "=at", "actor", "action", "target", "details")
         for e in rows:
             table.add_row(str(e["id"]), _ts(e["at"]), e["actor"], e["action"], e["target"] or "",
                           json.dumps(e["details"], default=str))
-        out.print(table)
+        _console().print(table)
 
     _emit(ctx, entries, render)
