@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
     return threshold, float(acc[k])
 
 
-def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict[str, object]:
+def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
     """LFW protocol: for each fold, pick the threshold on the other folds and
     measure accuracy on this one; report the mean and std over folds."""
     scores = np.asarray(scores, dtype=np.float64)

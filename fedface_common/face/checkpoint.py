@@ -37,7 +37,7 @@ class ModelFileError(ValueError):
 def model_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     """The model's state as float32 numpy arrays, keyed by state_dict name."""
     return {
-        name: t.detach().cpu().numpy().astype(np.float32, copy=True)
+        name: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32).copy()
         for name, t in model.state_dict().items()
         if not name.endswith(_SKIPPED_SUFFIX)
     }
