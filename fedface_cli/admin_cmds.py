@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
@@ -77,7 +76,8 @@ def main(
                                            help="Read the admin token from this file"),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON"),
 ) -> None:
-    explicit = ctx.get_parameter_source("token_file") == ParameterSource.COMMANDLINE
+    # Compared by name: typer vendors its own click, whose ParameterSource is not click's.
+    explicit = getattr(ctx.get_parameter_source("token_file"), "name", None) == "COMMANDLINE"
     ctx.obj = Options(server, token, token_file, explicit, json_out)
 
 
