@@ -181,7 +181,7 @@ class LocalResult:
         return out
 
 
-class _Objective:
+class Objective:
     """The round's loss as a function of features and w_c (negatives fixed for the round)."""
 
     def __init__(self, cfg: TrainingConfig, w_c: torch.Tensor, centres: torch.Tensor | None) -> None:
@@ -238,7 +238,7 @@ def train_local(
           if class_embedding is not None else init_class_embedding(model, x, cfg.batch_size))
     w_c = nn.Parameter(F.normalize(w0.clone(), dim=0))
     c = torch.from_numpy(np.asarray(centres, dtype=np.float32)).to(device) if centres is not None else None
-    objective = _Objective(cfg, w_c.detach(), c)
+    objective = Objective(cfg, w_c.detach(), c)
 
     def full_loss() -> float:
         with torch.no_grad():
