@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from coordinator.context import AppContext, build_context
 from coordinator.engine.driver import RoundDriver
+from coordinator.engine.partials import PartialFolder
 from coordinator.errors import install_error_handlers
 from coordinator.logs import configure_logging
 from coordinator.routes import admin, device, health
@@ -24,15 +25,17 @@ def create_app(settings: Settings | None = None, run_driver: bool = True) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = build_context(settings)
         app.state.ctx = ctx
-        driver = RoundDriver(ctx)
+        driver, folder = RoundDriver(ctx), PartialFolder(ctx)
         app.state.driver = driver
         if run_driver:
             driver.start()
+            folder.start()
         structlog.get_logger("coordinator").info("started", replica=ctx.replica_id,
                                                  database=ctx.engine.url.get_backend_name())
         try:
             yield
         finally:
+            await folder.stop()
             await driver.stop()
             await ctx.close()
 

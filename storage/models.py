@@ -149,3 +149,23 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(128), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+
+
+class PartialAggregate(Base):
+    """A replica's running sum of the updates it accepted in a round.
+
+    Replicas fold as updates arrive, so closing a round only merges a few
+    partial sums. `update_ids` says exactly which updates a partial covers:
+    the round's close folds every accepted update not covered by any partial
+    (for example those of a replica that died before folding them), so each
+    update counts exactly once."""
+
+    __tablename__ = "partial_aggregates"
+    __table_args__ = (UniqueConstraint("round_id", "replica_id", name="uq_partial_aggregates_round_replica"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    replica_id: Mapped[str] = mapped_column(String(64))
+    blob_sha256: Mapped[str] = mapped_column(String(64))
+    update_ids: Mapped[list[int]] = mapped_column(JsonType)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

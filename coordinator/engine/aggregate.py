@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from coordinator.context import AppContext
+from coordinator.engine.partials import decode_accumulator
 from coordinator.metrics import AGGREGATION_SECONDS, ROUND_DURATION
 from coordinator.schemas import RoundConfig
 from coordinator.services import models as model_service
@@ -27,6 +28,7 @@ from storage.db import utcnow
 from storage.models import ModelVersion
 from storage.repositories.embeddings import ClassEmbeddingRepository
 from storage.repositories.models_repo import ModelVersionRepository
+from storage.repositories.partials import PartialAggregateRepository
 from storage.repositories.rounds import RoundRepository
 from storage.repositories.updates import UpdateRepository
 
@@ -50,6 +52,24 @@ async def fold_updates(ctx: AppContext, strategy: Strategy, updates: list[tuple[
     return acc
 
 
+async def merge_partials(
+    ctx: AppContext, partials: list[tuple[str, set[int]]], accepted: set[int]
+) -> tuple[Accumulator, set[int]]:
+    """Merge the replicas' partial sums; returns the sum and the update ids it covers.
+
+    Partials must cover disjoint sets of accepted updates. If they do not
+    (which would be a bug), they are ignored and everything is folded directly:
+    correctness over speed."""
+    acc, covered = Accumulator(), set[int]()
+    for sha, ids in partials:
+        if not ids <= accepted or ids & covered:
+            log.error("inconsistent_partials", sha256=sha)
+            return Accumulator(), set()
+        acc.merge(decode_accumulator(await ctx.blobs.get_bytes(sha)))
+        covered |= ids
+    return acc, covered
+
+
 async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
     """Returns the new version id, or None when another process got there first."""
     started = time.perf_counter()
@@ -59,7 +79,8 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
             return None
         base = await model_service.get(session, rnd.base_version_id)
         rows = await UpdateRepository(session).for_round(round_id)
-        updates = [(u.device_id, u.blob_sha256, u.num_samples) for u in rows]
+        partials = [(p.blob_sha256, set(p.update_ids)) for p in await PartialAggregateRepository(session).for_round(
+            round_id)]
         strategy = make_strategy(rnd.algorithm, rnd.config.get("params"))
         dim = model_service.embedding_dim(base)
         current_w = await ClassEmbeddingRepository(session).all(dim) if strategy.uses_class_embeddings and dim else {}
@@ -67,7 +88,9 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
         base_sha, base_manifest, algorithm = base.blob_sha256, base.manifest, rnd.algorithm
         config = RoundConfig.model_validate(rnd.config)
 
-    acc = await fold_updates(ctx, strategy, updates, expected)
+    acc, folded = await merge_partials(ctx, partials, {u.id for u in rows})
+    direct = [(u.device_id, u.blob_sha256, u.num_samples) for u in rows if u.id not in folded]
+    acc.merge(await fold_updates(ctx, strategy, direct, expected))
     base_weights = decode(await ctx.blobs.get_bytes(base_sha))
     result = await asyncio.to_thread(strategy.finalize, base_weights, acc, current_w)
     del base_weights
@@ -76,7 +99,8 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
     size = len(blob)
     del blob
     aggregate_s = time.perf_counter() - started
-    metrics = {**result.metrics, "aggregate_s": round(aggregate_s, 4), "algorithm": algorithm}
+    metrics = {**result.metrics, "aggregate_s": round(aggregate_s, 4), "algorithm": algorithm,
+               "folded_from_partials": len(folded), "folded_at_close": len(direct)}
 
     async with ctx.sessions() as session, session.begin():
         rounds = RoundRepository(session)

@@ -134,6 +134,12 @@ async def _submit(
     finally:
         await writer.abort()  # no-op after commit; removes the staged file otherwise
 
+    # Re-check under a shared row lock held until commit: the driver closes a
+    # round under an exclusive lock, so an update is either in before the close
+    # (and aggregated) or refused, never acknowledged and then left out.
+    locked = await RoundRepository(session).get(rnd.id, lock="share")
+    if locked is None or locked.state != round_service.COLLECTING or locked.stop_requested:
+        raise RoundClosed(f"round {rnd.id} closed while the update was uploading")
     try:
         async with session.begin_nested():
             upd = await updates.add(Update(

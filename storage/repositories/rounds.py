@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -23,8 +24,13 @@ class RoundRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get(self, round_id: int, lock: bool = False) -> Round | None:
-        return await self.session.get(Round, round_id, with_for_update=lock, populate_existing=lock)
+    async def get(self, round_id: int, lock: bool | Literal["share"] = False) -> Round | None:
+        """`lock=True` takes the row FOR UPDATE, `lock="share"` FOR SHARE (no-ops on SQLite,
+        where writers are serialised anyway)."""
+        if not lock:
+            return await self.session.get(Round, round_id)
+        return await self.session.get(Round, round_id, with_for_update={"read": lock == "share"},
+                                      populate_existing=True)
 
     async def add(self, rnd: Round) -> Round:
         self.session.add(rnd)

@@ -1,0 +1,107 @@
+"""Per-replica partial sums, so that aggregation work spreads over replicas.
+
+Each coordinator process folds the updates *it* accepted into an accumulator
+and persists it (a blob plus a row naming exactly the updates it covers)
+after every batch. At close the driver merges the partials and folds directly
+whatever no partial covers, so an update acknowledged by a replica that died
+before folding it still counts, and counts once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import structlog
+
+from coordinator.context import AppContext
+from coordinator.services import models as model_service
+from coordinator.services.rounds import COLLECTING
+from coordinator.strategies import Accumulator, make_strategy
+from fedface_common.tensors import decode, encode, metadata_of
+from storage.repositories.partials import PartialAggregateRepository
+from storage.repositories.rounds import RoundRepository
+
+log = structlog.get_logger("coordinator.partials")
+_SUM, _ROW = "sum.", "row."
+
+
+def encode_accumulator(acc: Accumulator) -> bytes:
+    tensors = {_SUM + k: v for k, v in acc.sums.items()}
+    tensors.update({_ROW + str(k): v for k, v in acc.rows.items()})
+    return encode(tensors, {"total_weight": repr(acc.total_weight), "count": str(acc.count)})
+
+
+def decode_accumulator(data: bytes) -> Accumulator:
+    meta = metadata_of(data)
+    tensors = decode(data)
+    return Accumulator(
+        sums={k[len(_SUM):]: v for k, v in tensors.items() if k.startswith(_SUM)},
+        rows={uuid.UUID(k[len(_ROW):]): v for k, v in tensors.items() if k.startswith(_ROW)},
+        total_weight=float(meta["total_weight"]), count=int(meta["count"]),
+    )
+
+
+class PartialFolder:
+    """Background task of every replica: fold own accepted updates of collecting rounds."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self._task: asyncio.Task[None] | None = None
+        self._cache: dict[int, tuple[Accumulator, set[int]]] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ctx.settings.tick_interval_s)
+            try:
+                await self.fold_pending()
+            except Exception:
+                log.exception("partial_fold_failed")
+
+    async def fold_pending(self) -> int:
+        """Fold this replica's not-yet-folded updates of the collecting round; returns how many."""
+        ctx = self.ctx
+        async with ctx.sessions() as session:
+            rnd = await RoundRepository(session).active()
+            if rnd is None or rnd.state != COLLECTING:
+                self._cache.clear()
+                return 0
+            repo = PartialAggregateRepository(session)
+            if rnd.id not in self._cache:
+                self._cache.clear()
+                row = await repo.get(rnd.id, ctx.replica_id)
+                acc = decode_accumulator(await ctx.blobs.get_bytes(row.blob_sha256)) if row else Accumulator()
+                self._cache[rnd.id] = (acc, set(row.update_ids) if row else set())
+            acc, covered = self._cache[rnd.id]
+            pending = await repo.unfolded_updates(rnd.id, ctx.replica_id, covered)
+            if not pending:
+                return 0
+            base = await model_service.get(session, rnd.base_version_id)
+            strategy = make_strategy(rnd.algorithm, rnd.config.get("params"))
+            expected = strategy.update_spec(model_service.tensor_spec(base), model_service.embedding_dim(base))
+            round_id = rnd.id
+        # Fold into a copy, so that a failed write leaves the cached state as persisted.
+        work = Accumulator()
+        work.merge(acc)
+        for upd in pending:
+            data = await ctx.blobs.get_bytes(upd.blob_sha256)
+            tensors = await asyncio.to_thread(decode, data, expected)
+            strategy.fold(work, upd.device_id, tensors, upd.num_samples)
+        new_covered = covered | {u.id for u in pending}
+        sha = await ctx.blobs.put_bytes(await asyncio.to_thread(encode_accumulator, work))
+        async with ctx.sessions() as session, session.begin():
+            rnd_now = await RoundRepository(session).get(round_id, lock=True)
+            if rnd_now is None or rnd_now.state != COLLECTING:
+                return 0  # closed meanwhile: the driver folds these directly
+            await PartialAggregateRepository(session).save(round_id, ctx.replica_id, sha, sorted(new_covered))
+        self._cache[round_id] = (work, new_covered)
+        return len(pending)
