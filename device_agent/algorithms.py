@@ -42,6 +42,11 @@ DEFAULT_MARGIN = 0.9
 DEFAULT_K_NEGATIVES = 64
 DEFAULT_SCALE = 32.0
 DEFAULT_COSFACE_MARGIN = 0.35
+# Gradient-norm clip per step (override with params["max_grad_norm"]; <= 0 disables).
+# A few photos of one person should nudge the shared backbone, not throw it: with
+# frozen BN statistics that do not match the activations (an untrained or
+# mismatched model) a single unclipped step can move weights by O(1).
+DEFAULT_MAX_GRAD_NORM = 5.0
 _FLOAT_KINDS = ("f",)
 
 # Called after every optimiser step with (epoch, batch index, batches per epoch).
@@ -252,6 +257,7 @@ def train_local(
                             {"params": [w_c], "weight_decay": 0.0}], cfg)
     generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
     n, bs = len(x), cfg.batch_size
+    max_grad_norm = float(cfg.params.get("max_grad_norm", DEFAULT_MAX_GRAD_NORM))
     batches = math.ceil(n / bs)
     steps = 0
     freeze_batchnorm(model)
@@ -263,6 +269,8 @@ def train_local(
                 loss = objective(model(batch), w_c)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_([*backbone, w_c], max_grad_norm)
                 optimizer.step()
                 steps += 1
                 if on_step is not None:

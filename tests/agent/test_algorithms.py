@@ -187,6 +187,17 @@ def test_private_training_with_adam_reduces_the_loss(model_file: bytes, photos: 
     assert float(result.metrics["loss_after"]) < float(result.metrics["loss_before"])
 
 
+def test_gradient_clipping_bounds_the_update(model_file: bytes, photos: torch.Tensor) -> None:
+    w0 = -init_class_embedding(decode_model(model_file).model, photos).numpy()
+    result = train_local(decode_model(model_file).model, tensors.decode(model_file), photos,
+                         cfg("fedface", local_epochs=1, batch_size=3, learning_rate=0.1, momentum=0.9,
+                             params={"max_grad_norm": 0.01}), class_embedding=w0, seed=0)
+    # Two SGD steps with momentum 0.9 and gradients clipped to norm c move the weights
+    # by at most lr * c * (1 + 1.9).
+    norm = math.sqrt(sum(float((d.astype(np.float64) ** 2).sum()) for d in result.delta.values()))
+    assert 0 < norm <= 0.1 * 0.01 * 2.9 + 1e-6
+
+
 def test_training_refuses_no_photos(model_file: bytes) -> None:
     with pytest.raises(ValueError, match="no photos"):
         train_local(decode_model(model_file).model, tensors.decode(model_file), torch.empty(0, 3, 32, 32), cfg())

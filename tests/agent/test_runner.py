@@ -353,3 +353,26 @@ def test_killed_agent_resumes_its_journaled_update(coordinator: Coordinator, mak
     assert again.status == Outcome.WAIT, again
     coordinator.admin.post(f"/v1/admin/rounds/{rnd['id']}/stop").raise_for_status()
     assert coordinator.wait_round(rnd["id"])["state"] == "committed"
+
+
+@live
+def test_cli_runs_one_round_and_reports_json(coordinator: Coordinator, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedface_cli.main import app
+
+    assert not isinstance(IDENTITIES, str)
+    folder = IDENTITIES[0]
+    rnd = coordinator.start_round(**{**ROUND, "target_devices": 1, "min_devices": 1})
+    args = ["agent", "run", "--server", coordinator.url, "--photos", str(folder), "--state-dir",
+            str(tmp_path / "cli"), "--once", "--json", "--aligned", "--device", "cpu", "--seed", "0"]
+    result = CliRunner().invoke(app, [*args, "--enroll-token", coordinator.token(max_uses=1)])
+    assert result.exit_code == 0, result.output
+    [report] = json.loads(result.stdout)
+    assert report["status"] == "submitted" and report["round_id"] == rnd["id"]
+    assert report["photos"]["used"] == len(list(folder.iterdir())) and report["metrics"]["loss_after"] >= 0
+    assert coordinator.wait_round(rnd["id"])["state"] == "committed"
+    # Second run: stored credential, no token; nothing to do, so --max-wait 0 exits 3 at the first wait.
+    result = CliRunner().invoke(app, [*args, "--max-wait", "0"])
+    assert result.exit_code == 3, result.output
+    assert json.loads(result.stdout)[0]["status"] == "wait"
