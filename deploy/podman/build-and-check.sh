@@ -22,6 +22,7 @@
 #   FEDFACE_CHECK_TIMEOUT   seconds to wait for /readyz (default 120)
 #   FEDFACE_IMAGE           tag to build (default localhost/fedface-coordinator:check)
 #   FEDFACE_SKIP_BUILD=1    check an already built $FEDFACE_IMAGE
+#   FEDFACE_BASE_IMAGE, FEDFACE_BASE_CACHE, FEDFACE_WHEEL_CACHE: see build-base.sh / prepare-wheels.sh
 #   FEDFACE_PODMAN_STORAGE_DRIVER  force a storage driver (e.g. vfs where overlay fails)
 # Exit status: 0 ready; 1 build or check failed (the reason is the last [image-check] line).
 set -euo pipefail
@@ -67,8 +68,10 @@ if [[ "${FEDFACE_SKIP_BUILD:-0}" != 1 ]]; then
     t1=$(now)
     build_log="$ROOT/.build/image-build.log"
     # --format docker keeps HEALTHCHECK (the OCI format has no such field).
+    build_args=()
+    [[ -n "${FEDFACE_BASE_IMAGE:-}" ]] && build_args+=(--build-arg "BASE=$FEDFACE_BASE_IMAGE")
     if ! nice "${PODMAN[@]}" build --isolation=chroot --format docker --target coordinator \
-        --tag "$IMAGE" "$ROOT" >"$build_log" 2>&1; then
+        "${build_args[@]}" --tag "$IMAGE" "$ROOT" >"$build_log" 2>&1; then
         tail -n 30 "$build_log" >&2
         die "podman build (full log: $build_log)"
     fi
