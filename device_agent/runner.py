@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from device_agent import algorithms
-from device_agent.client import ApiError, DeviceClient, NetworkError, RoundGone, Unauthorized
+from device_agent.client import ApiError, DeviceClient, NetworkError, Unauthorized
 from device_agent.photos.pipeline import FacePipeline, FolderReport
 from device_agent.state import AgentState, Credential, Pending, sha256_hex
 from fedface_common import tensors
@@ -196,7 +196,12 @@ class Agent:
         try:
             resp = self.client.submit(pending.round_id, body, pending.num_samples, pending.base_version,
                                       pending.metrics)
-        except RoundGone as exc:
+        except Unauthorized:
+            raise  # keep it: the credential problem is fatal, the update may still be wanted
+        except ApiError as exc:
+            if exc.retryable:
+                raise  # keep it for the next attempt
+            # round_closed, stale_base_version, ... or refused outright: resending cannot help.
             self.state.clear_pending()
             log.info("journaled update for round %d is no longer wanted (%s)", pending.round_id, exc.code)
             return None
@@ -225,14 +230,17 @@ class Agent:
             report.status = Outcome.NO_PHOTOS
             report.message = f"no usable face among {len(folder.entries)} files; nothing to train on"
             return report
+        remaining = (_aware(task.deadline) - self.now()).total_seconds()
+        # After dropping a round, come back once it is over: until then a check-in
+        # would only hand out the same task again.
+        after_round = max(DEFAULT_RETRY_S, remaining + 1.0)
         if task.training.algorithm not in algorithms.SUPPORTED_ALGORITHMS:
-            report.status, report.code = Outcome.DROPPED, "unsupported_algorithm"
+            report.status, report.code, report.retry_after_s = Outcome.DROPPED, "unsupported_algorithm", after_round
             report.message = f"this agent cannot train {task.training.algorithm!r}"
             return report
-        remaining = (_aware(task.deadline) - self.now()).total_seconds()
         estimate = self.state.last_round_seconds()
         if estimate is not None and estimate * self.deadline_safety + self.deadline_margin_s > remaining:
-            report.status = Outcome.DROPPED
+            report.status, report.retry_after_s = Outcome.DROPPED, after_round
             report.message = (f"dropped: the last round took {estimate:.1f} s and only {remaining:.1f} s remain "
                               f"before the deadline")
             return report
@@ -261,7 +269,7 @@ class Agent:
                    "photos_skipped": sum(v for k, v in report.photos.items() if k != "used")}
         report.metrics = metrics
         if self.now() >= _aware(task.deadline):
-            report.status = Outcome.DROPPED
+            report.status, report.retry_after_s = Outcome.DROPPED, DEFAULT_RETRY_S
             report.message = "dropped: training finished after the round's deadline"
             return report
         body = tensors.encode(result.update_tensors(cfg.algorithm))
@@ -274,7 +282,7 @@ class Agent:
             if exc.retryable:
                 raise  # retries exhausted: keep the journal, resubmit on the next call
             self.state.clear_pending()
-            report.status, report.code = Outcome.REJECTED, exc.code
+            report.status, report.code, report.retry_after_s = Outcome.REJECTED, exc.code, DEFAULT_RETRY_S
             report.message = f"the server refused the update: {exc}"
             return report
         self.state.mark_submitted(task.round_id, resp.update_id)
@@ -329,6 +337,7 @@ class Agent:
         reports: list[RoundReport] = []
         waited = 0.0
         failures = 0
+        self.photos.load()  # before the first check-in, so face detection never eats into a deadline
         while True:
             try:
                 report = self.run_round()

@@ -231,6 +231,28 @@ def test_a_deadline_that_cannot_be_met_drops_the_round(tmp_path: Path) -> None:
     assert report.status == Outcome.DROPPED and "deadline" in report.message
     assert [r.url.path for r in seen] == ["/v1/check-in"]  # no download, nothing sent
     assert report.photos == {"used": 3, "not_an_image": 1}
+    assert report.retry_after_s is not None and report.retry_after_s >= 30  # back after the round, not at once
+
+
+def test_a_refused_journaled_update_is_dropped_not_resent_forever(tmp_path: Path) -> None:
+    handler, seen = scripted(problem(422, "tensor_spec_mismatch"), WAIT)
+    agent = scripted_agent(tmp_path, handler, [])
+    body = b"stale update"
+    agent.state.save_pending(Pending(2, 1, 3, sha256_hex(body), "fedface", {}), body)
+    assert agent.run_round().status == Outcome.WAIT
+    assert [r.url.path for r in seen] == ["/v1/rounds/2/update", "/v1/check-in"]
+    assert agent.state.pending() is None
+
+
+def test_the_agent_never_imports_the_server() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, device_agent.runner, device_agent.client, device_agent.state, fedface_cli.agent_cmds; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('coordinator', 'storage', 'fastapi', "
+            "'sqlalchemy')]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- end to end against a live coordinator ------------------------------------------------
