@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fedface_cli import admin_cmds, agent_cmds, bench_cmds, lab_cmds, migrate_cmd, serve_cmd, sim_cmds
+from fedface_cli import admin_cmds, agent_cmds, bench_cmds, demo_cmd, lab_cmds, migrate_cmd, serve_cmd, sim_cmds
 
 app = typer.Typer(
     name="fedface",
@@ -19,6 +19,7 @@ app.command("embed")(lab_cmds.embed)
 app.command("eval")(lab_cmds.eval_cmd)
 app.command("migrate")(migrate_cmd.migrate)
 app.command("simulate")(sim_cmds.simulate)
+app.command("demo")(demo_cmd.demo)
 app.add_typer(admin_cmds.app, name="admin")
 app.add_typer(bench_cmds.app, name="bench")
 app.add_typer(agent_cmds.app, name="agent")
