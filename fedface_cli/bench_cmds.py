@@ -26,6 +26,8 @@ def ingest(
     bodies: int = typer.Option(8, min=1, help="Distinct update bodies to pre-generate (client memory)"),
     out: Path = typer.Option(..., dir_okay=False, help="Where to write the JSON result"),
     progress: bool = typer.Option(True, help="Show progress bars"),
+    profile_server: Path | None = typer.Option(None, file_okay=False,
+                                               help="Run the coordinator under cProfile; coordinator.prof goes here"),
 ) -> None:
     """Update intake throughput, latency and server memory, against a bare ASGI echo baseline.
 
@@ -34,7 +36,8 @@ def ingest(
     from fedface_lab.bench_ingest import IngestConfig, run_ingest
     from fedface_lab.progress import make_progress
 
-    cfg = IngestConfig(devices=devices, params=params, concurrency=concurrency, distinct_bodies=bodies)
+    cfg = IngestConfig(devices=devices, params=params, concurrency=concurrency, distinct_bodies=bodies,
+                       profile_dir=profile_server)
     with make_progress(progress) as bar:
         result = run_ingest(cfg, bar)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -48,3 +51,32 @@ def ingest(
     if result["accepted"] != devices:
         typer.echo(f"error: only {result['accepted']} of {devices} updates were accepted: {result['errors']}", err=True)
         raise typer.Exit(1)
+
+
+@app.command("fedface")
+def fedface(
+    out: Path = typer.Option(Path("docs/results/fedface.json"), dir_okay=False, help="JSON results"),
+    quick: bool = typer.Option(False, "--quick", help="200 devices, 8 rounds, 1 seed, small model (~15 min)"),
+    data: Path = typer.Option(Path("../shared/data"), envvar="FEDFACE_DATA", help="Face data root"),
+    work_dir: Path = typer.Option(Path("fedface-data/bench-fedface"), help="Coordinator and device state"),
+    rounds: int | None = typer.Option(None, min=1, help="Override the plan's rounds"),
+    per_round: int | None = typer.Option(None, min=1, help="Override the plan's devices per round"),
+    devices: int | None = typer.Option(None, min=2, help="Override the plan's device population"),
+    seeds: int | None = typer.Option(None, min=1, help="Override the number of seeds"),
+) -> None:
+    """FedFace vs FedAvg vs fedface-private vs centralized fine-tuning, on the development folds."""
+    from fedface_lab.bench_fedface import ExperimentPlan, run_experiment, with_overrides
+    from fedface_lab.bench_report import write_report
+
+    if not (data / "protocol" / "clients.txt").is_file():
+        raise typer.BadParameter(f"no face data at {data}: set FEDFACE_DATA or --data")
+    plan = ExperimentPlan.quick(data) if quick else ExperimentPlan.full(data)
+    plan = with_overrides(plan, rounds=rounds, per_round=per_round, devices=devices,
+                          seeds=tuple(range(seeds)) if seeds else None)
+    console = Console(stderr=True)
+    result = run_experiment(plan, data, work_dir, log=console.print)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    md = write_report(result, out.with_suffix(".md"), out.with_suffix(".png"))
+    Console().print(md)
+    typer.echo(f"wrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")

@@ -1,0 +1,161 @@
+"""`fedface bench fedface`: the paper's experiment on real faces through the
+real system.
+
+pretrain (cached) -> evaluate it -> run fedface, fedavg and fedface-private
+from the same start for the same rounds (one simulation each, per seed) ->
+centralized fine-tuning on the pooled client photos (the upper bound) ->
+evaluate everything on the development folds."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedface_lab.centralized import CentralizedConfig, centralized_finetune
+from fedface_lab.dev_eval import DevEvaluator
+from fedface_lab.model_cache import cached_pretrain
+from fedface_lab.pretrain import PretrainConfig
+from fedface_lab.simulate import RoundRecord, SimulationConfig, run_simulation
+
+METHODS = ("fedface", "fedavg", "fedface-private")
+HEADLINE = ("accuracy", "tar@far=0.001", "tar@far=0.0001", "auc")
+
+
+@dataclass
+class ExperimentPlan:
+    """Everything that defines a run; `full()` and `quick()` are the two published plans."""
+
+    name: str
+    pretrain: PretrainConfig
+    devices: int
+    per_round: int
+    rounds: int
+    seeds: tuple[int, ...]
+    eval_every: int
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.01
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    concurrency: int = 2
+    centralized_epochs: int = 10
+
+    @staticmethod
+    def full(data: Path) -> ExperimentPlan:
+        return ExperimentPlan(
+            name="full", devices=1012, per_round=100, rounds=30, seeds=(0, 1), eval_every=5,
+            pretrain=PretrainConfig(data=data / "cfp", out=Path("unused"), input_size=64, width=1.0,
+                                    embedding_dim=128, epochs=20, batch_size=128, lr=0.1, seed=0),
+            params=default_params(1012),
+        )
+
+    @staticmethod
+    def quick(data: Path) -> ExperimentPlan:
+        return ExperimentPlan(
+            name="quick", devices=200, per_round=50, rounds=8, seeds=(0,), eval_every=2,
+            pretrain=PretrainConfig(data=data / "cfp", out=Path("unused"), input_size=48, width=0.5,
+                                    embedding_dim=128, epochs=6, batch_size=128, lr=0.1, seed=0),
+            params=default_params(200), centralized_epochs=5,
+        )
+
+
+def default_params(population: int) -> dict[str, dict[str, Any]]:
+    """Per-method algorithm parameters. The spreadout lr is scaled with the
+    number of ordered pairs n(n-1), since R(W) is a mean over them: otherwise
+    the regulariser's step vanishes as the population grows."""
+    pairs = population * (population - 1)
+    return {
+        "fedface": {"margin": 0.9, "tau": 0.3, "spreadout_steps": 10, "spreadout_lr": 0.5 * pairs / population},
+        "fedavg": {"margin": 0.9},
+        "fedface-private": {"k_negatives": 64, "scale": 32.0, "cosface_margin": 0.35},
+    }
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+
+
+def _row(method: str, evals: list[dict[str, Any]], rounds: int, wall_s: float,
+         bytes_up: float | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"method": method, "rounds": rounds, "wall_s": round(wall_s, 1),
+                           "bytes_up_per_device_per_round": bytes_up, "seeds": len(evals)}
+    for key in HEADLINE:
+        stats = _mean_std([e[key] for e in evals])
+        row[key], row[f"{key}_std"] = stats["mean"], stats["std"]
+    row["feature_mean_offdiag_cos"] = _mean_std([e["feature_mean_offdiag_cos"] for e in evals])["mean"]
+    return row
+
+
+def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    started = time.perf_counter()
+    evaluator = DevEvaluator(data, plan.rounds)
+
+    t0 = time.perf_counter()
+    model, cached = cached_pretrain(plan.pretrain)
+    pretrain_s = time.perf_counter() - t0
+    log(f"pretrained model {model} ({'cached' if cached else f'trained in {pretrain_s:.0f} s'})")
+    pre_eval = evaluator(model, plan.rounds)  # the full metric set
+    rows = [_row("pretrained", [pre_eval], 0, pretrain_s, None)]
+    log(f"pretrained: {_fmt(pre_eval)}")
+
+    curves: dict[str, dict[str, list[Any]]] = {}
+    for method in METHODS:
+        evals, walls, bytes_up = [], [], []
+        for seed in plan.seeds:
+            def on_round(r: RoundRecord, method: str = method, seed: int = seed) -> None:
+                acc = f", acc {r.eval['accuracy']:.4f}" if r.eval else ""
+                log(f"{method} seed {seed} round {r.round}: {r.submitted} updates, "
+                    f"W cos {r.server_metrics.get('w_mean_offdiag_cos', float('nan')):.3f}{acc} ({r.seconds:.0f} s)")
+
+            sim = run_simulation(SimulationConfig(
+                model=model, data_root=data, work_dir=work_dir / f"{method}-seed{seed}", algorithm=method,
+                devices=plan.devices, per_round=plan.per_round, rounds=plan.rounds, concurrency=plan.concurrency,
+                local_epochs=plan.local_epochs, batch_size=plan.batch_size, learning_rate=plan.lr,
+                params=plan.params.get(method, {}), eval_every=plan.eval_every, seed=seed), evaluator,
+                on_round=on_round)
+            history = sim["history"]
+            evals.append(history[-1]["eval"])
+            walls.append(sim["wall_s"])
+            bytes_up.append(float(np.mean([r["bytes_up_per_device"] for r in history])))
+            curves.setdefault(method, {})[f"seed{seed}"] = [
+                {"round": 0, "accuracy": pre_eval["accuracy"]},
+                *({"round": r["round"], "accuracy": r["eval"]["accuracy"],
+                   "w_mean_offdiag_cos": r["server_metrics"].get("w_mean_offdiag_cos"),
+                   "mean_loss_after": r["mean_loss_after"]} for r in history if r["eval"]),
+            ]
+        rows.append(_row(method, evals, plan.rounds, float(np.mean(walls)), float(np.mean(bytes_up))))
+        log(f"{method}: {_fmt(rows[-1])}")
+
+    t0 = time.perf_counter()
+    central = centralized_finetune(CentralizedConfig(pretrained=model, data_root=data,
+                                                     out=work_dir / "centralized.safetensors",
+                                                     epochs=plan.centralized_epochs))
+    rows.append(_row("centralized", [evaluator(central, plan.rounds)], 0, time.perf_counter() - t0, None))
+    log(f"centralized: {_fmt(rows[-1])}")
+
+    by = {r["method"]: r for r in rows}
+    gap = by["centralized"]["tar@far=0.001"] - by["pretrained"]["tar@far=0.001"]
+    closed = (by["fedface"]["tar@far=0.001"] - by["pretrained"]["tar@far=0.001"]) / gap if gap > 0 else None
+    return {
+        "plan": {k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items() if k != "pretrain"},
+        "pretrain": {k: str(v) for k, v in plan.pretrain.__dict__.items()},
+        "rows": rows, "curves": curves, "fedface_gap_closed_tar@far=0.001": closed,
+        "wall_s": round(time.perf_counter() - started, 1), "finished_at": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+    }
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {m[k]:.4f}" for k in HEADLINE if k in m)
+
+
+def with_overrides(plan: ExperimentPlan, **overrides: Any) -> ExperimentPlan:
+    return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
