@@ -44,23 +44,26 @@ case "$BACKENDS" in embedded | host) ;; *) die "FEDFACE_CHECK_BACKENDS must be e
 # ---------------------------------------------------------------- podman ----
 if ! command -v podman >/dev/null; then
     log "installing podman"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null \
-        || die "cannot install podman with apt-get"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null; }; then
+        die "cannot install podman with apt-get"
+    fi
 fi
 PODMAN=(podman)
-if [[ -n "${FEDFACE_PODMAN_STORAGE_DRIVER:-}" ]]; then
-    PODMAN+=(--storage-driver "$FEDFACE_PODMAN_STORAGE_DRIVER")
-elif ! podman info >/dev/null 2>&1; then
+driver="${FEDFACE_PODMAN_STORAGE_DRIVER:-}"
+if [[ -z "$driver" ]] && ! podman info >/dev/null 2>&1; then
     # overlay needs kernel support that some sandboxes lack; vfs works anywhere (slower, bigger).
     log "podman's default storage does not work here; using vfs"
-    PODMAN+=(--storage-driver vfs)
+    driver=vfs
 fi
-export PODMAN="${PODMAN[*]}" # for build-base.sh
+if [[ -n "$driver" ]]; then
+    # A store of its own: podman refuses a graph root created with another driver.
+    PODMAN+=(--storage-driver "$driver" --root "/var/lib/containers/storage-$driver")
+fi
 
 # ----------------------------------------------------------------- build ----
 t0=$(now)
 if [[ "${FEDFACE_SKIP_BUILD:-0}" != 1 ]]; then
-    "$HERE/build-base.sh" || die "base image"
+    PODMAN="${PODMAN[*]}" "$HERE/build-base.sh" || die "base image"
     log "base image ready ($(elapsed "$t0"))"
     t1=$(now)
     "$HERE/prepare-wheels.sh" || die "wheelhouse"

@@ -10,6 +10,7 @@
 #   FEDFACE_BASE_CACHE   cache dir (default /var/cache/fedface/base)
 #   FEDFACE_BASE_IMAGE   image name (default localhost/fedface-base:bookworm)
 #   DEBIAN_MIRROR        mirror URL (default: first URI in the host's apt sources, else deb.debian.org)
+#   DEBIAN_SECURITY_MIRROR  security archive (default: <mirror host>/debian-security)
 #   PODMAN               podman command incl. global flags (default: "podman")
 #   FORCE_REBUILD=1      re-debootstrap even when the cached tarball exists
 set -euo pipefail
@@ -26,7 +27,7 @@ default_mirror() {
     # Use the same mirror apt already uses on this host (it may be the only one reachable).
     local uri
     uri=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list 2>/dev/null \
-        | grep -v security | head -n1 | awk '{ if ($1 == "deb") print $2; else print $2 }')
+        | grep -v security | head -n1 | awk '{ print $2 }')
     echo "${uri:-http://deb.debian.org/debian}"
 }
 MIRROR="${DEBIAN_MIRROR:-$(default_mirror)}"
@@ -54,6 +55,19 @@ if [[ "${FORCE_REBUILD:-0}" == 1 || ! -s "$TARBALL" ]]; then
     nice debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         "$SUITE" "$work" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
         || { log "debootstrap failed, see $CACHE/debootstrap.log"; tail -n 20 "$CACHE/debootstrap.log" >&2; exit 1; }
+    # debootstrap installs the release as it was; bring in bookworm-updates and
+    # the security archive too, so the base starts without known-fixed CVEs.
+    security_mirror="${DEBIAN_SECURITY_MIRROR:-${MIRROR%/debian}/debian-security}"
+    cat >"$work/etc/apt/sources.list" <<SOURCES
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb $security_mirror $SUITE-security main
+SOURCES
+    log "applying $SUITE-updates and $SUITE-security"
+    { chroot "$work" apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive chroot "$work" apt-get -y -qq upgrade \
+        && chroot "$work" apt-get clean; } >>"$CACHE/debootstrap.log" 2>&1 \
+        || { log "apt upgrade in the new rootfs failed, see $CACHE/debootstrap.log"; exit 1; }
     # Drop what a container never needs: apt lists and caches, docs, man pages.
     rm -rf "$work"/var/lib/apt/lists/* "$work"/var/cache/apt/*.bin "$work"/var/cache/apt/archives/*.deb \
         "$work"/usr/share/doc/* "$work"/usr/share/man/* "$work"/usr/share/info/*
