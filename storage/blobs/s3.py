@@ -198,7 +198,13 @@ class S3BlobStore(BlobStore):
         """Upload a staged file under its hash, unless that object already exists."""
         key = self.key_of(sha256)
         await self._maybe_ensure_bucket()
-        if await self.exists(sha256):
+        try:
+            existing = int((await self._head(sha256))["ContentLength"])
+        except BlobNotFound:
+            existing = -1
+        # Same key means same bytes, so an object of the right size is kept;
+        # one of another size can only be damaged, and is replaced.
+        if existing == path.stat().st_size:
             return
         # upload_file switches to a multipart upload for big files; botocore
         # adds a CRC checksum per request, so corruption in transit is caught.

@@ -172,6 +172,14 @@ async def test_s3_reput_does_not_upload_again(s3_client: Any, tmp_path: Path) ->
     assert head1["ETag"] == head2["ETag"]
 
 
+async def test_s3_damaged_object_is_replaced(s3_client: Any, tmp_path: Path) -> None:
+    store = await S3BlobStore.open(s3_client, _bucket(), "", tmp_dir=tmp_path)
+    key = _sha(b"the real bytes")
+    s3_client.put_object(Bucket=store.bucket, Key=key, Body=b"truncated")
+    assert await store.put_bytes(b"the real bytes") == key
+    assert await store.get_bytes(key) == b"the real bytes"
+
+
 async def test_s3_multipart_upload(s3_client: Any, tmp_path: Path) -> None:
     # Above boto3's 8 MiB multipart threshold: the upload goes in parts.
     store = await S3BlobStore.open(s3_client, _bucket(), "", tmp_dir=tmp_path)
