@@ -34,10 +34,10 @@ from fedface_common import tensors
 from fedface_common.face.checkpoint import decode_model
 from fedface_common.face.manifest import ModelManifest
 from fedface_common.face.preprocess import batch_to_tensor
-from fedface_common.wire import Task
+from fedface_common.wire import CLASS_CENTRES_TENSOR, Task
 
 log = logging.getLogger(__name__)
-CENTRES_TENSOR = "class_centres"
+
 DEFAULT_RETRY_S = 30.0
 MAX_OUTAGE_BACKOFF_S = 900.0
 
@@ -313,11 +313,11 @@ class Agent:
         if not private:
             w = self.client.class_embedding(task.round_id) if task.has_class_embedding else None
             return (w if w is not None and w.shape == (dim,) else None), None
-        sha = task.extra_blobs.get(CENTRES_TENSOR)
+        sha = task.extra_blobs.get(CLASS_CENTRES_TENSOR)
         if sha is None:
             raise ApiError(409, "no_class_centres", "a fedface-private task without class centres")
         data = self._blob(sha, lambda etag: self.client.class_centres(task.round_id, etag))
-        centres = tensors.decode(data)[CENTRES_TENSOR].astype(np.float32)
+        centres = tensors.decode(data)[CLASS_CENTRES_TENSOR].astype(np.float32)
         own = self.state.load_private_embedding()
         return (own if own is not None and own.shape == (dim,) else None), centres
 

@@ -176,9 +176,22 @@ def _one_model(title: str) -> Callable[[Any], None]:
 def models_register(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False),
                     note: str | None = typer.Option(None, help="Free-form note"),
                     serve: bool = typer.Option(False, help="Serve it at once")) -> None:
-    """Upload a safetensors model file (its metadata must carry the fedface.manifest)."""
-    with _client(ctx) as c:
-        _emit(ctx, c.register_model(file, note, serve), _one_model("Registered model version"))
+    """Upload a safetensors model file (its metadata must carry the fedface.manifest).
+
+    A file from `fedface pretrain` is split first: the weights are registered without the `pretrain.` extras,
+    and its class centres are attached to the new version (fedface-private ships them to devices)."""
+    import tempfile
+
+    from fedface_lab.publish import has_extras, split_pretrained
+
+    with _client(ctx) as c, tempfile.TemporaryDirectory() as tmp:
+        centres = None
+        if has_extras(file):
+            file, centres = split_pretrained(file, Path(tmp))
+        version = c.register_model(file, note, serve)
+        if centres is not None:
+            version = c.attach_centres(int(version["id"]), centres)
+        _emit(ctx, version, _one_model("Registered model version"))
 
 
 @models_app.command("attach-centres")

@@ -17,6 +17,12 @@ HEADER_CLIENT_METRICS = "X-FedFace-Client-Metrics"
 # Names of tensors in an update that are not backbone deltas.
 CLASS_EMBEDDING_TENSOR = "fedface.class_embedding"
 MANIFEST_METADATA_KEY = "fedface.manifest"
+# Pretraining writes non-trainable extras into the model file under this prefix;
+# the coordinator serves the weights without them and the centres separately.
+PRETRAIN_EXTRA_PREFIX = "pretrain."
+PRETRAIN_CLASS_CENTRES = PRETRAIN_EXTRA_PREFIX + "class_centres"
+# The one tensor of a class-centres blob the coordinator ships to devices.
+CLASS_CENTRES_TENSOR = "class_centres"
 
 
 class EnrollRequest(BaseModel):

@@ -17,7 +17,7 @@ from coordinator.errors import RateLimited
 from coordinator.metrics import CHECKINS
 from coordinator.services.rounds import COLLECTING
 from coordinator.strategies import make_strategy
-from fedface_common.wire import CheckInResponse, Task, TrainingConfig
+from fedface_common.wire import CLASS_CENTRES_TENSOR, CheckInResponse, Task, TrainingConfig
 from storage.db import utcnow
 from storage.models import Device, Round
 from storage.repositories.devices import DeviceRepository
@@ -53,7 +53,7 @@ async def _task(session: AsyncSession, rnd: Round, device: Device) -> CheckInRes
         weight_decay=cfg["weight_decay"], params=strategy.client_params(),
     )
     has_row = strategy.uses_class_embeddings and await ClassEmbeddingRepository(session).exists(device.id)
-    extra = {"class_centres": version.class_centres_sha256} if strategy.ships_class_centres and \
+    extra = {CLASS_CENTRES_TENSOR: version.class_centres_sha256} if strategy.ships_class_centres and \
         version.class_centres_sha256 else {}
     CHECKINS.labels(outcome="task").inc()
     return CheckInResponse(status="task", task=Task(

@@ -12,13 +12,11 @@ from coordinator.context import AppContext
 from coordinator.errors import InvalidMetadata, InvalidRoundState, ModelNotFound, TensorSpecMismatch
 from coordinator.services.uploads import receive, validate_staged_async
 from fedface_common.tensors import TensorInfo, spec_to_json
-from fedface_common.wire import MANIFEST_METADATA_KEY
+from fedface_common.wire import CLASS_CENTRES_TENSOR, MANIFEST_METADATA_KEY
 from storage.db import utcnow
 from storage.models import ModelVersion
 from storage.repositories.audit import AuditRepository
 from storage.repositories.models_repo import ModelVersionRepository
-
-CLASS_CENTRES_TENSOR = "class_centres"
 
 
 def parse_manifest(metadata: dict[str, str]) -> dict[str, Any]:

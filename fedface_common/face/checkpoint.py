@@ -23,10 +23,10 @@ from torch import nn
 from fedface_common import tensors
 from fedface_common.face.manifest import ModelManifest
 from fedface_common.face.model import MobileFaceNet
-from fedface_common.wire import MANIFEST_METADATA_KEY
+from fedface_common.wire import MANIFEST_METADATA_KEY, PRETRAIN_CLASS_CENTRES, PRETRAIN_EXTRA_PREFIX
 
-EXTRA_PREFIX = "pretrain."
-CLASS_CENTRES = EXTRA_PREFIX + "class_centres"
+EXTRA_PREFIX = PRETRAIN_EXTRA_PREFIX
+CLASS_CENTRES = PRETRAIN_CLASS_CENTRES
 _SKIPPED_SUFFIX = "num_batches_tracked"
 
 
