@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from device_agent.photos.aligned import aligned_crop
 from device_agent.photos.detect import MTCNNDetector
 from device_agent.photos.load import LoadError, SkipReason, load_rgb
 from fedface_common.face.align import similarity_transform, template, warp
+from fedface_common.face.preprocess import aligned_center_crop
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class FacePipeline:
             if self.mode == "aligned":
                 if min(image.size) < self.min_face_px:
                     return Skip(path, SkipReason.TOO_SMALL, f"image {image.size[0]}x{image.size[1]}")
-                return Face(path, aligned_crop(image, self.size), FaceInfo(faces=None, several=False))
+                return Face(path, aligned_center_crop(image, self.size), FaceInfo(faces=None, several=False))
             return self._detect_and_align(image, path)
         except Exception as exc:  # a bug must not stop a whole folder; it is logged
             log.exception("face pipeline failed on %s", path)
