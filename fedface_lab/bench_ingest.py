@@ -49,6 +49,7 @@ class IngestConfig:
     concurrency: int = 32
     distinct_bodies: int = 8
     wait_timeout_s: float = 900.0
+    profile_dir: Path | None = None  # run the coordinator under cProfile, writing coordinator.prof here
 
 
 def model_shapes(params: int, tensors: int = 4, cols: int = 256) -> dict[str, tuple[int, ...]]:
@@ -222,11 +223,14 @@ def _rates(sent: Submitted) -> dict[str, float]:
 def machine_info() -> dict[str, Any]:
     return {"cpu_count": os.cpu_count(), "cpu_count_physical": psutil.cpu_count(logical=False),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            # The machine may be shared: the load around the run says how much to trust the figures.
+            "load_avg_1m": round(psutil.getloadavg()[0], 2)}
 
 
 def run_ingest(cfg: IngestConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run both measurements and return the result record (see module docstring)."""
+    load_before = round(psutil.getloadavg()[0], 2)
     if cfg.devices < 1 or cfg.params < 1 or cfg.concurrency < 1:
         raise ValueError("devices, params and concurrency must be positive")
     shapes = model_shapes(cfg.params)
@@ -236,8 +240,12 @@ def run_ingest(cfg: IngestConfig, progress: Progress | None = None) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="fedface-bench-") as tmp, backend_env(Path(tmp), token) as (backend, env):
         port = free_port()
         migrate_flag = "--migrate" if backend == "embedded" else "--no-migrate"
-        server = ServerProcess([sys.executable, "-m", "fedface_cli.main", "serve", "--port", str(port), migrate_flag],
-                               env, Path(tmp) / "coordinator.log", port)
+        profiler: list[str] = []
+        if cfg.profile_dir is not None:
+            cfg.profile_dir.mkdir(parents=True, exist_ok=True)
+            profiler = ["-m", "cProfile", "-o", str(cfg.profile_dir / "coordinator.prof")]
+        server = ServerProcess([sys.executable, *profiler, "-m", "fedface_cli.main", "serve", "--port", str(port),
+                                migrate_flag], env, Path(tmp) / "coordinator.log", port)
         sampler = RssSampler(server.pid).start()
         try:
             server.wait_ready("/readyz")
@@ -258,6 +266,7 @@ def run_ingest(cfg: IngestConfig, progress: Progress | None = None) -> dict[str,
             echo.wait_ready("/")
             echo_sampler.set_phase("intake")
             echo_sent = asyncio.run(_echo_run(echo.url, cfg, bodies, progress))
+            echo_sampler.set_phase("done")
         finally:
             echo_sampler.stop()
             echo.stop()
@@ -281,11 +290,14 @@ def run_ingest(cfg: IngestConfig, progress: Progress | None = None) -> dict[str,
         "server_cpu_s_intake": round(sampler.cpu_s.get("intake", 0.0), 2),
         "server_cpu_s_aggregation": round(sampler.cpu_s.get("aggregation", 0.0), 2),
         "aggregate_s": rnd["metrics"].get("aggregate_s"), "commit_wait_s": round(run["commit_wait_s"], 3),
+        "round_metrics": rnd["metrics"],
         "enroll_s": round(run["enroll_s"], 3), "checkin_s": round(run["checkin_s"], 3),
         "echo_updates_per_s": theirs["updates_per_s"], "echo_mb_per_s": theirs["mb_per_s"],
         "echo_p50_ms": theirs["p50_ms"], "echo_p99_ms": theirs["p99_ms"],
         "echo_peak_rss_mb": echo_sampler.peak_mb("intake"),
+        "server_cpu_ms_per_update": round(sampler.cpu_s.get("intake", 0.0) * 1000 / cfg.devices, 2),
+        "echo_cpu_ms_per_update": round(echo_sampler.cpu_s.get("intake", 0.0) * 1000 / cfg.devices, 2),
         "ratio_to_echo": round(ours["updates_per_s"] / theirs["updates_per_s"], 3),
-        "cpu_count": os.cpu_count(), "machine": machine_info(),
+        "cpu_count": os.cpu_count(), "machine": {**machine_info(), "load_avg_1m_before": load_before},
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }

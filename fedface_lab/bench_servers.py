@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -63,13 +64,16 @@ class ServerProcess:
         raise TimeoutError(f"{self.url}{path} not ready after {timeout_s}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        # SIGINT, not SIGTERM: uvicorn shuts down gracefully on both and then re-raises
+        # the signal; only SIGINT's KeyboardInterrupt lets a cProfile wrapper write its file.
+        for sig, wait_s in ((signal.SIGINT, 30.0), (signal.SIGKILL, 10.0)):
+            if self.proc.poll() is not None:
+                return
+            self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                continue
 
 
 @dataclass
