@@ -10,12 +10,18 @@
 #
 # Env:
 #   FEDFACE_WHEEL_CACHE  cache dir (default /var/cache/fedface/wheels)
-#   PYTHON               interpreter with pip + packaging (default .venv/bin/python)
+#   PYTHON               interpreter with pip + packaging (default .venv/bin/python, else python3)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${FEDFACE_WHEEL_CACHE:-/var/cache/fedface/wheels}"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+# The project's venv has pip and packaging; fall back to whatever python3 is on PATH.
+if [[ -z "${PYTHON:-}" ]]; then
+    PYTHON="$ROOT/.venv/bin/python"
+    [[ -x "$PYTHON" ]] || PYTHON=python3
+fi
+"$PYTHON" -c 'import packaging, pip' 2>/dev/null \
+    || { echo "[prepare-wheels] $PYTHON lacks pip or packaging; set PYTHON" >&2; exit 1; }
 CONTEXT_DIR="$ROOT/.build"
 
 log() { printf '[prepare-wheels] %s\n' "$*" >&2; }
