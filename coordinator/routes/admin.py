@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from coordinator.deps import Ctx, CurrentAdmin, Session
 from coordinator.routes.blobs import blob_response
+from coordinator.routes.params import RowId
 from coordinator.schemas import (
     AuditOut,
     DeviceOut,
@@ -61,14 +62,14 @@ async def list_models(admin: CurrentAdmin, session: Session) -> list[ModelVersio
 
 
 @router.get("/models/{version_id}", response_model=ModelVersionOut)
-async def get_model(version_id: int, admin: CurrentAdmin, session: Session) -> ModelVersionOut:
+async def get_model(version_id: RowId, admin: CurrentAdmin, session: Session) -> ModelVersionOut:
     version = await model_service.get(session, version_id)
     _, served = await model_service.list_versions(session)
     return _version_out(version, served)
 
 
 @router.get("/models/{version_id}/weights")
-async def download_model(version_id: int, request: Request, admin: CurrentAdmin, session: Session,
+async def download_model(version_id: RowId, request: Request, admin: CurrentAdmin, session: Session,
                          ctx: Ctx) -> Response:
     version = await model_service.get(session, version_id)
     return await blob_response(ctx, BlobRef(version.blob_sha256, f"model-v{version_id}.safetensors"),
@@ -76,7 +77,7 @@ async def download_model(version_id: int, request: Request, admin: CurrentAdmin,
 
 
 @router.put("/models/{version_id}/class-centres", response_model=ModelVersionOut, openapi_extra=_BINARY_BODY)
-async def attach_class_centres(version_id: int, request: Request, admin: CurrentAdmin, session: Session,
+async def attach_class_centres(version_id: RowId, request: Request, admin: CurrentAdmin, session: Session,
                                ctx: Ctx) -> ModelVersionOut:
     version = await model_service.attach_class_centres(session, ctx, admin.name, version_id, request.stream(),
                                                        request.headers.get("content-length"))
@@ -85,7 +86,7 @@ async def attach_class_centres(version_id: int, request: Request, admin: Current
 
 
 @router.post("/models/{version_id}/promote", response_model=ModelVersionOut)
-async def promote_model(version_id: int, admin: CurrentAdmin, session: Session) -> ModelVersionOut:
+async def promote_model(version_id: RowId, admin: CurrentAdmin, session: Session) -> ModelVersionOut:
     version = await model_service.promote(session, admin.name, version_id)
     return _version_out(version, version.id)
 
@@ -110,19 +111,19 @@ async def list_rounds(admin: CurrentAdmin, session: Session, ctx: Ctx,
 
 
 @router.get("/rounds/{round_id}", response_model=RoundOut)
-async def get_round(round_id: int, admin: CurrentAdmin, session: Session, ctx: Ctx) -> RoundOut:
+async def get_round(round_id: RowId, admin: CurrentAdmin, session: Session, ctx: Ctx) -> RoundOut:
     return await round_service.describe(session, ctx, await round_service.get(session, round_id))
 
 
 @router.post("/rounds/{round_id}/stop", response_model=RoundOut)
-async def stop_round(round_id: int, admin: CurrentAdmin, session: Session, ctx: Ctx) -> RoundOut:
+async def stop_round(round_id: RowId, admin: CurrentAdmin, session: Session, ctx: Ctx) -> RoundOut:
     rnd = await round_service.stop(session, ctx, admin.name, round_id)
     ctx.wake_driver()
     return await round_service.describe(session, ctx, rnd)
 
 
 @router.post("/rounds/{round_id}/cancel", response_model=RoundOut)
-async def cancel_round(round_id: int, admin: CurrentAdmin, session: Session, ctx: Ctx) -> RoundOut:
+async def cancel_round(round_id: RowId, admin: CurrentAdmin, session: Session, ctx: Ctx) -> RoundOut:
     rnd = await round_service.cancel(session, ctx, admin.name, round_id)
     return await round_service.describe(session, ctx, rnd)
 

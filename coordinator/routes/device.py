@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from coordinator.deps import Ctx, CurrentDevice, Session
 from coordinator.routes.blobs import blob_response
+from coordinator.routes.params import RowId
 from coordinator.services import checkin as checkin_service
 from coordinator.services import downloads, intake
 from coordinator.services import enrollment as enrollment_service
@@ -26,20 +27,20 @@ async def check_in(device: CurrentDevice, session: Session, ctx: Ctx) -> CheckIn
 
 
 @router.get("/models/{version_id}/weights", responses={304: {"description": "Not modified"}})
-async def model_weights(version_id: int, request: Request, device: CurrentDevice, session: Session,
+async def model_weights(version_id: RowId, request: Request, device: CurrentDevice, session: Session,
                         ctx: Ctx) -> Response:
     blob = await downloads.model_for_device(session, device, version_id)
     return await blob_response(ctx, blob, request.headers.get("if-none-match"))
 
 
 @router.get("/rounds/{round_id}/class-embedding")
-async def class_embedding(round_id: int, device: CurrentDevice, session: Session) -> Response:
+async def class_embedding(round_id: RowId, device: CurrentDevice, session: Session) -> Response:
     data = await downloads.class_embedding_for_device(session, device, round_id)
     return Response(content=data, media_type="application/octet-stream")
 
 
 @router.get("/rounds/{round_id}/class-centres", responses={304: {"description": "Not modified"}})
-async def class_centres(round_id: int, request: Request, device: CurrentDevice, session: Session,
+async def class_centres(round_id: RowId, request: Request, device: CurrentDevice, session: Session,
                         ctx: Ctx) -> Response:
     blob = await downloads.class_centres_for_device(session, device, round_id)
     return await blob_response(ctx, blob, request.headers.get("if-none-match"))
@@ -48,7 +49,7 @@ async def class_centres(round_id: int, request: Request, device: CurrentDevice, 
 @router.post("/rounds/{round_id}/update", response_model=SubmitResponse,
              openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
                  "schema": {"type": "string", "format": "binary"}}}}})
-async def submit_update(round_id: int, request: Request, device: CurrentDevice, session: Session,
+async def submit_update(round_id: RowId, request: Request, device: CurrentDevice, session: Session,
                         ctx: Ctx) -> SubmitResponse:
     return await intake.submit(session, ctx, device, round_id, request.headers, request.stream())
 

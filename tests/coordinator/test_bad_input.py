@@ -174,6 +174,10 @@ def test_wrong_round_and_unknown_ids(setup: dict[str, Any], api: httpx.Client) -
     assert r.status_code == 404 and r.json()["code"] == "round_not_found"
     assert api.get("/v1/admin/models/4242", headers=ADMIN).json()["code"] == "model_not_found"
     assert api.get("/v1/admin/rounds/4242", headers=ADMIN).status_code == 404
+    # Ids beyond the 32-bit columns are a validation error, not a driver crash (found by the API fuzz test).
+    huge = api.get("/v1/admin/models/4442460317", headers=ADMIN)
+    assert huge.status_code == 422 and huge.json()["code"] == "validation_error"
+    assert setup["dev"].submit(2**40, delta_bytes(1), base_version=setup["version"]).status_code == 422
     assert get_round(api, setup["round"])["accepted"] == 0
 
 
