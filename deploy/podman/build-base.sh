@@ -19,7 +19,10 @@ CACHE="${FEDFACE_BASE_CACHE:-/var/cache/fedface/base}"
 IMAGE="${FEDFACE_BASE_IMAGE:-localhost/fedface-base:bookworm}"
 PODMAN="${PODMAN:-podman}"
 SUITE=bookworm
-TARBALL="$CACHE/rootfs-$SUITE.tar"
+# Bump when the recipe below changes: a cached rootfs or an imported image of
+# another recipe is then rebuilt instead of silently reused.
+RECIPE=2
+TARBALL="$CACHE/rootfs-$SUITE-r$RECIPE.tar"
 
 log() { printf '[build-base] %s\n' "$*" >&2; }
 
@@ -38,9 +41,10 @@ need() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
 }
 
-# The image already exists and the cache is in place: nothing to do.
-if [[ "${FORCE_REBUILD:-0}" != 1 ]] && $PODMAN image exists "$IMAGE" 2>/dev/null; then
-    log "$IMAGE already present"
+# The image already exists, made by this recipe: nothing to do.
+if [[ "${FORCE_REBUILD:-0}" != 1 ]] && $PODMAN image exists "$IMAGE" 2>/dev/null \
+    && [[ "$($PODMAN image inspect --format '{{index .Config.Labels "org.fedface.base-recipe"}}' "$IMAGE")" == "$RECIPE" ]]; then
+    log "$IMAGE already present (recipe $RECIPE)"
     exit 0
 fi
 
@@ -84,5 +88,6 @@ $PODMAN import \
     --change 'ENV LANG=C.UTF-8' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["/bin/bash"]' \
+    --change "LABEL org.fedface.base-recipe=$RECIPE" \
     "$TARBALL" "$IMAGE" >/dev/null
 log "imported $IMAGE"
