@@ -27,7 +27,8 @@ def ingest(
     out: Path = typer.Option(..., dir_okay=False, help="Where to write the JSON result"),
     progress: bool = typer.Option(True, help="Show progress bars"),
     profile_server: Path | None = typer.Option(None, file_okay=False,
-                                               help="Run the coordinator under cProfile; coordinator.prof goes here"),
+                                               help="Profile the coordinator into DIR/coordinator.prof"),
+    server_env: list[str] = typer.Option([], help="Extra coordinator setting, e.g. FEDFACE_TICK_INTERVAL_S=2"),
 ) -> None:
     """Update intake throughput, latency and server memory, against a bare ASGI echo baseline.
 
@@ -36,8 +37,11 @@ def ingest(
     from fedface_lab.bench_ingest import IngestConfig, run_ingest
     from fedface_lab.progress import make_progress
 
+    pairs = [item.partition("=") for item in server_env]
+    if any(not sep or not key.startswith("FEDFACE_") for key, sep, _ in pairs):
+        raise typer.BadParameter("expected FEDFACE_NAME=value", param_hint="--server-env")
     cfg = IngestConfig(devices=devices, params=params, concurrency=concurrency, distinct_bodies=bodies,
-                       profile_dir=profile_server)
+                       profile_dir=profile_server, server_env=tuple((k, v) for k, _, v in pairs))
     with make_progress(progress) as bar:
         result = run_ingest(cfg, bar)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,8 @@ class IngestConfig:
     concurrency: int = 32
     distinct_bodies: int = 8
     wait_timeout_s: float = 900.0
-    profile_dir: Path | None = None  # run the coordinator under cProfile, writing coordinator.prof here
+    profile_dir: Path | None = None  # profile the coordinator (see bench_profile), writing coordinator.prof here
+    server_env: tuple[tuple[str, str], ...] = ()  # extra FEDFACE_* settings for the coordinator
 
 
 def model_shapes(params: int, tensors: int = 4, cols: int = 256) -> dict[str, tuple[int, ...]]:
@@ -238,14 +239,15 @@ def run_ingest(cfg: IngestConfig, progress: Progress | None = None) -> dict[str,
     bodies = delta_bodies(shapes, max(1, min(cfg.distinct_bodies, cfg.devices)))
     token = "ffa_bench_" + secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="fedface-bench-") as tmp, backend_env(Path(tmp), token) as (backend, env):
+        env = {**env, **dict(cfg.server_env)}
         port = free_port()
         migrate_flag = "--migrate" if backend == "embedded" else "--no-migrate"
         profiler: list[str] = []
         if cfg.profile_dir is not None:
             cfg.profile_dir.mkdir(parents=True, exist_ok=True)
-            profiler = ["-m", "cProfile", "-o", str(cfg.profile_dir / "coordinator.prof")]
-        server = ServerProcess([sys.executable, *profiler, "-m", "fedface_cli.main", "serve", "--port", str(port),
-                                migrate_flag], env, Path(tmp) / "coordinator.log", port)
+            profiler = ["-m", "fedface_lab.bench_profile", str(cfg.profile_dir / "coordinator.prof")]
+        server = ServerProcess([sys.executable, *(profiler or ["-m", "fedface_cli.main"]), "serve", "--port",
+                                str(port), migrate_flag], env, Path(tmp) / "coordinator.log", port)
         sampler = RssSampler(server.pid).start()
         try:
             server.wait_ready("/readyz")
@@ -279,6 +281,7 @@ def run_ingest(cfg: IngestConfig, progress: Progress | None = None) -> dict[str,
     return {
         "benchmark": "ingest", "backend": backend, "devices": cfg.devices, "params": cfg.params,
         "concurrency": cfg.concurrency, "distinct_bodies": len(bodies), "body_bytes": len(bodies[0]),
+        "server_env": dict(cfg.server_env),
         "accepted": accepted, "refused": cfg.devices - accepted, "errors": sent.errors[:5],
         "round_state": rnd["state"], "round_accepted": rnd["accepted"], "round_rejected": rnd["rejected"],
         "updates_per_s": ours["updates_per_s"], "mb_per_s": ours["mb_per_s"], "p50_ms": ours["p50_ms"],
