@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedface_cli.admin_client import JSON, AdminClient, ApiProblem
+from fedface_cli.params import parse_params
 
 app = typer.Typer(help="Operate a coordinator through its admin API.", no_args_is_help=True)
 models_app = typer.Typer(help="Model versions: register, list, promote, roll back, download.", no_args_is_help=True)
@@ -240,19 +241,6 @@ class Optimizer(StrEnum):
     adam = "adam"
 
 
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint="--param")
-        try:
-            params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key.strip()] = raw  # not JSON: take it as a plain string
-    return params
-
-
 def _rounds_table(rounds: list[JSON]) -> None:
     table = _table("Rounds (sel/sub/acc/rej = selected, submitted, accepted, rejected devices)", "=id", "=state",
                    "algorithm", "=base", "=result", "=sel", "=sub", "=acc", "=rej", "=created", "reason")
@@ -305,7 +293,7 @@ def rounds_start(
               "weight_decay": weight_decay, "continuous_rounds": continuous}
     config: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
     if param:
-        config["params"] = _parse_params(param)
+        config["params"] = parse_params(param)
     with _client(ctx) as c:
         _emit(ctx, c.start_round(config), _show_round)
 

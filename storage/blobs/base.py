@@ -6,6 +6,8 @@ no-op, so a retried or replayed write can never corrupt a stored blob."""
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,6 +46,31 @@ class BlobWriter(ABC):
 
     @abstractmethod
     async def abort(self) -> None: ...
+
+
+class StagedFileWriter(BlobWriter):
+    """Stages the blob in a local temp file while hashing it, so the key is
+    known and the bytes can be validated before the blob is committed."""
+
+    def __init__(self, tmp_dir: Path | None, prefix: str) -> None:
+        super().__init__()
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=prefix)
+        self._file = os.fdopen(fd, "wb")
+        self._path = Path(name)
+
+    async def _write(self, chunk: bytes) -> None:
+        # Appending a request-sized chunk to a local file is cheaper than a thread hop.
+        self._file.write(chunk)
+
+    def staged_path(self) -> Path:
+        self._file.flush()
+        return self._path
+
+    async def abort(self) -> None:
+        """Drop the staged bytes; a no-op once the writer committed."""
+        if not self._file.closed:
+            self._file.close()
+        self._path.unlink(missing_ok=True)
 
 
 class BlobStore(ABC):

@@ -5,29 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from storage.blobs.base import BlobNotFound, BlobStore, BlobWriter, check_key
+from storage.blobs.base import BlobNotFound, BlobStore, BlobWriter, StagedFileWriter, check_key
 
 
-class _LocalWriter(BlobWriter):
+class _LocalWriter(StagedFileWriter):
     def __init__(self, store: LocalBlobStore) -> None:
-        super().__init__()
+        super().__init__(store.tmp_dir, "upload-")
         self._store = store
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
-        self._file = os.fdopen(fd, "wb")
-        self._path = Path(name)
-
-    async def _write(self, chunk: bytes) -> None:
-        # Local disk writes of request-sized chunks are fast; a thread hop per
-        # chunk would cost more than it saves.
-        self._file.write(chunk)
-
-    def staged_path(self) -> Path:
-        self._file.flush()
-        return self._path
 
     async def commit(self) -> str:
         key = self.sha256
@@ -38,11 +25,6 @@ class _LocalWriter(BlobWriter):
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._path, dest)
         return key
-
-    async def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self._path.unlink(missing_ok=True)
 
 
 class LocalBlobStore(BlobStore):

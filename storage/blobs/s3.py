@@ -12,8 +12,6 @@ boto3 is synchronous, so every network call runs in a worker thread
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from storage.blobs.base import BlobNotFound, BlobStore, BlobWriter, check_key
+from storage.blobs.base import BlobNotFound, BlobStore, BlobWriter, StagedFileWriter, check_key
 
 # Error codes S3 and its look-alikes use for "no such object/bucket". A HEAD
 # response has no body, so botocore reports it by HTTP status ("404").
@@ -73,25 +71,10 @@ def make_s3_client(
     )
 
 
-class _S3Writer(BlobWriter):
-    """Stages the blob in a local temp file (hashing as it goes), so the key is
-    known and the bytes can be validated before anything reaches S3."""
-
+class _S3Writer(StagedFileWriter):
     def __init__(self, store: S3BlobStore) -> None:
-        super().__init__()
+        super().__init__(store.tmp_dir, "s3-upload-")
         self._store = store
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="s3-upload-")
-        self._file = os.fdopen(fd, "wb")
-        self._path = Path(name)
-
-    async def _write(self, chunk: bytes) -> None:
-        # Same reasoning as the local store: appending a chunk to a local file
-        # is cheaper than a thread hop.
-        self._file.write(chunk)
-
-    def staged_path(self) -> Path:
-        self._file.flush()
-        return self._path
 
     async def commit(self) -> str:
         key = self.sha256
@@ -101,12 +84,6 @@ class _S3Writer(BlobWriter):
         finally:
             self._path.unlink(missing_ok=True)
         return key
-
-    async def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self._path.unlink(missing_ok=True)
-
 
 class S3BlobStore(BlobStore):
     """Content-addressed blobs in `s3://<bucket>/<prefix><sha256>`.
