@@ -21,7 +21,7 @@ PODMAN="${PODMAN:-podman}"
 SUITE=bookworm
 # Bump when the recipe below changes: a cached rootfs or an imported image of
 # another recipe is then rebuilt instead of silently reused.
-RECIPE=2
+RECIPE=3
 TARBALL="$CACHE/rootfs-$SUITE-r$RECIPE.tar"
 
 log() { printf '[build-base] %s\n' "$*" >&2; }
@@ -52,6 +52,9 @@ if [[ "${FORCE_REBUILD:-0}" == 1 || ! -s "$TARBALL" ]]; then
     need debootstrap debootstrap
     mkdir -p "$CACHE"
     work=$(mktemp -d "$CACHE/rootfs.XXXXXX")
+    # mktemp makes it 0700, and this directory becomes the image's "/": a
+    # non-root user could then not reach any file in the container.
+    chmod 0755 "$work"
     trap 'rm -rf "$work"' EXIT
     log "debootstrapping $SUITE from $MIRROR into $work (a few minutes, once)"
     # minbase keeps the image small; python3-venv gives ensurepip/venv for the
