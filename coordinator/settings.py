@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # Scheduling.
     idle_retry_s: float = Field(default=30.0, gt=0)
     tick_interval_s: float = Field(default=0.5, gt=0)
+    partial_fold_interval_s: float = Field(
+        default=2.0, gt=0, description="How often a replica folds its accepted updates into its durable partial sum"
+    )
+    partial_fold_batch: int = Field(default=64, gt=0, description="Most updates folded per partial-sum write")
     lease_ttl_s: float = Field(default=5.0, gt=0)
     checkin_rate_per_min: int = Field(default=120, gt=0, description="Per-device check-in rate limit")
 

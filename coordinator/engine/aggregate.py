@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+import numpy as np
 import structlog
 
 from coordinator.context import AppContext
@@ -20,7 +21,7 @@ from coordinator.engine.partials import decode_accumulator
 from coordinator.metrics import AGGREGATION_SECONDS, ROUND_DURATION
 from coordinator.schemas import RoundConfig
 from coordinator.services import models as model_service
-from coordinator.services.rounds import AGGREGATING, COMMITTED, create_round
+from coordinator.services.rounds import AGGREGATING, COMMITTED, FAILED, create_round
 from coordinator.strategies import Accumulator, Strategy, make_strategy
 from fedface_common.tensors import decode, encode
 from fedface_common.wire import MANIFEST_METADATA_KEY
@@ -43,13 +44,28 @@ async def fold_updates(ctx: AppContext, strategy: Strategy, updates: list[tuple[
         data = await ctx.blobs.get_bytes(sha)
 
         def _fold(data: bytes = data, device_id: Any = device_id, num_samples: int = num_samples) -> None:
-            strategy.fold(acc, device_id, decode(data, expected), num_samples)
+            # Finiteness was checked at intake; the result is checked once more below.
+            strategy.fold(acc, device_id, decode(data, expected, require_finite=False), num_samples)
 
         await asyncio.to_thread(_fold)
         del data
         if progress is not None:
             progress()
     return acc
+
+
+def _all_finite(weights: dict[str, Any]) -> bool:
+    return all(w.dtype.kind != "f" or bool(np.isfinite(w).all()) for w in weights.values())
+
+
+async def _fail(ctx: AppContext, round_id: int, reason: str) -> None:
+    async with ctx.sessions() as session, session.begin():
+        rnd = await RoundRepository(session).get(round_id, lock=True)
+        if rnd is not None and rnd.state == AGGREGATING:
+            now = utcnow()
+            rnd.state, rnd.finished_at, rnd.failure_reason, rnd.continuous_remaining = FAILED, now, reason, 0
+    await ctx.state.cache_current_round(None)
+    log.error("round_failed", round_id=round_id, reason=reason)
 
 
 async def merge_partials(
@@ -94,6 +110,9 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
     base_weights = decode(await ctx.blobs.get_bytes(base_sha))
     result = await asyncio.to_thread(strategy.finalize, base_weights, acc, current_w)
     del base_weights
+    if not await asyncio.to_thread(_all_finite, result.weights):
+        await _fail(ctx, round_id, "aggregation produced NaN or Inf; the served model is unchanged")
+        return None
     blob = encode(result.weights, {MANIFEST_METADATA_KEY: json.dumps(base_manifest)})
     new_sha = await ctx.blobs.put_bytes(blob)
     size = len(blob)

@@ -96,11 +96,11 @@ class Strategy(ABC):
         for name, delta in update.items():
             if name == CLASS_EMBEDDING_TENSOR:
                 continue
-            contribution = delta.astype(np.float64) * w
-            if name in acc.sums:
-                acc.sums[name] += contribution
-            else:
-                acc.sums[name] = contribution
+            if name not in acc.sums:
+                acc.sums[name] = np.zeros(delta.shape, dtype=np.float64)
+            # One float64 temporary per tensor, accumulated in place: the sum stays
+            # exact to float64 while the fold allocates no more than one model copy.
+            acc.sums[name] += np.multiply(delta, w, dtype=np.float64)
         if CLASS_EMBEDDING_TENSOR in update:
             if device_id in acc.rows:
                 raise ValueError(f"device {device_id} folded twice")
@@ -116,7 +116,9 @@ class Strategy(ABC):
         for name, value in base.items():
             if name in acc.sums:
                 mean_delta = acc.sums[name] / acc.total_weight
-                out[name] = (value.astype(np.float64) + mean_delta).astype(value.dtype)
+                # An overflow becomes Inf, which the round engine refuses to commit.
+                with np.errstate(over="ignore"):
+                    out[name] = (value.astype(np.float64) + mean_delta).astype(value.dtype)
             else:
                 out[name] = value
         return out

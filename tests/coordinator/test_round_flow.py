@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from fedface_common.tensors import decode
+from fedface_common.tensors import decode, encode
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR
 from tests.support.fleet import (
     ADMIN,
@@ -193,3 +193,16 @@ def test_only_one_active_round_and_promote_rollback(api: httpx.Client) -> None:
     assert served == [v2["id"]] and v1["id"] != v2["id"]
     audit = [e["action"] for e in api.get("/v1/admin/audit", headers=ADMIN).json()]
     assert {"model.register", "model.promote", "round.start"} <= set(audit)
+
+
+def test_an_aggregate_that_overflows_fails_the_round_and_keeps_the_served_model(api: httpx.Client) -> None:
+    base = {k: np.full_like(v, 3e38) if v.dtype == np.float32 else v for k, v in tiny_model().items()}
+    v1 = register_model(api, base)
+    (dev,) = enroll(api, 1)
+    rnd = start_round(api, target_devices=1, min_devices=1)
+    dev.check_in()
+    big = {k: np.full_like(v, 3e38) for k, v in delta(0).items()}  # finite, but base + delta is not
+    assert dev.submit(rnd["id"], encode(big), base_version=v1["id"]).status_code == 200
+    wait_until(lambda: get_round(api, rnd["id"])["state"] == "failed", what="overflowing round fails")
+    assert "NaN or Inf" in get_round(api, rnd["id"])["failure_reason"]
+    assert [v["id"] for v in api.get("/v1/admin/models", headers=ADMIN).json() if v["served"]] == [v1["id"]]
