@@ -72,6 +72,9 @@ def make_s3_client(
 
 
 class _S3Writer(StagedFileWriter):
+    """Stages the blob in a local temp file (hashing as it goes), so the key is
+    known and the bytes can be validated before anything reaches S3."""
+
     def __init__(self, store: S3BlobStore) -> None:
         super().__init__(store.tmp_dir, "s3-upload-")
         self._store = store
@@ -84,6 +87,7 @@ class _S3Writer(StagedFileWriter):
         finally:
             self._path.unlink(missing_ok=True)
         return key
+
 
 class S3BlobStore(BlobStore):
     """Content-addressed blobs in `s3://<bucket>/<prefix><sha256>`.
