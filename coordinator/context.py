@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from coordinator.security import hash_secret
 from coordinator.settings import Settings
+from fedface_common.tensors import TensorSpec
 from storage.blobs import BlobStore
 from storage.blobs.factory import make_blob_store
 from storage.db import make_engine, make_sessionmaker
@@ -28,6 +29,9 @@ class AppContext:
     replica_id: str
     admin_token_hash: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # What an update must contain, per round. A round's algorithm and base
+    # version never change, so this is safe to keep for the process's life.
+    update_specs: dict[int, TensorSpec] = field(default_factory=dict)
 
     def wake_driver(self) -> None:
         """Let this process's round driver look now instead of at its next tick."""

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.context import AppContext
@@ -31,6 +30,7 @@ from coordinator.services import models as model_service
 from coordinator.services import rounds as round_service
 from coordinator.services.uploads import receive, validate_staged_async
 from coordinator.strategies import make_strategy
+from fedface_common.tensors import TensorSpec
 from fedface_common.wire import HEADER_BASE_VERSION, HEADER_CLIENT_METRICS, HEADER_NUM_SAMPLES, SubmitResponse
 from storage.db import utcnow
 from storage.models import Device, Round, Update
@@ -92,6 +92,18 @@ async def _check_round(session: AsyncSession, rnd: Round, device_id: uuid.UUID, 
         raise StaleBaseVersion(f"round {rnd.id} trains from version {rnd.base_version_id}, not {base}")
 
 
+async def _expected_spec(session: AsyncSession, ctx: AppContext, rnd: Round) -> TensorSpec:
+    spec = ctx.update_specs.get(rnd.id)
+    if spec is None:
+        version = await model_service.get(session, rnd.base_version_id)
+        spec = make_strategy(rnd.algorithm, rnd.config.get("params")).update_spec(
+            model_service.tensor_spec(version), model_service.embedding_dim(version))
+        if len(ctx.update_specs) > 32:
+            ctx.update_specs.clear()
+        ctx.update_specs[rnd.id] = spec
+    return spec
+
+
 async def submit(
     session: AsyncSession, ctx: AppContext, device: Device, round_id: int, headers: Mapping[str, str],
     body: AsyncIterator[bytes],
@@ -125,11 +137,7 @@ async def _submit(
                 SUBMISSIONS.labels(outcome="replayed").inc()
                 return _answer(previous)
             raise DuplicateSubmission(f"update {previous.id} was already accepted for round {rnd.id}")
-        version = await model_service.get(session, rnd.base_version_id)
-        expected = make_strategy(rnd.algorithm, rnd.config.get("params")).update_spec(
-            model_service.tensor_spec(version), model_service.embedding_dim(version)
-        )
-        await validate_staged_async(writer, expected)
+        await validate_staged_async(writer, await _expected_spec(session, ctx, rnd))
         sha = await writer.commit()
     finally:
         await writer.abort()  # no-op after commit; removes the staged file otherwise
@@ -140,20 +148,18 @@ async def _submit(
     locked = await RoundRepository(session).get(rnd.id, lock="share")
     if locked is None or locked.state != round_service.COLLECTING or locked.stop_requested:
         raise RoundClosed(f"round {rnd.id} closed while the update was uploading")
-    try:
-        async with session.begin_nested():
-            upd = await updates.add(Update(
-                round_id=rnd.id, device_id=device.id, blob_sha256=sha, size_bytes=writer.size,
-                num_samples=num_samples, base_version_id=rnd.base_version_id, client_metrics=client_metrics,
-                replica_id=ctx.replica_id, created_at=utcnow(),
-            ))
-    except IntegrityError:
+    update_id = await updates.add_if_absent(dict(
+        round_id=rnd.id, device_id=device.id, blob_sha256=sha, size_bytes=writer.size, num_samples=num_samples,
+        base_version_id=rnd.base_version_id, client_metrics=client_metrics, replica_id=ctx.replica_id,
+        created_at=utcnow(),
+    ))
+    if update_id is None:
         # A concurrent retry of this device won the race; answer as that one did.
         winner = await updates.find(rnd.id, device.id)
         if winner is not None and winner.blob_sha256 == sha:
             return _answer(winner)
-        raise DuplicateSubmission(f"another update was already accepted for round {rnd.id}") from None
+        raise DuplicateSubmission(f"another update was already accepted for round {rnd.id}")
     SUBMISSIONS.labels(outcome="accepted").inc()
     UPDATE_BYTES.inc(writer.size)
     ctx.wake_driver()
-    return _answer(upd)
+    return SubmitResponse(update_id=update_id, round_id=rnd.id, sha256=sha, status="accepted")

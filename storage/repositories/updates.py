@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Update
@@ -17,10 +20,18 @@ class UpdateRepository:
         stmt = select(Update).where(Update.round_id == round_id, Update.device_id == device_id)
         return (await self.session.scalars(stmt)).first()
 
-    async def add(self, upd: Update) -> Update:
-        self.session.add(upd)
-        await self.session.flush()
-        return upd
+    async def add_if_absent(self, values: dict[str, Any]) -> int | None:
+        """Insert an update unless this device already has one in the round
+        (the unique constraint decides, so concurrent retries cannot both win).
+        Returns the new id, or None when a row was already there."""
+        dialect = self.session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = insert(Update).values(**values).on_conflict_do_nothing(
+            index_elements=["round_id", "device_id"]).returning(Update.id)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def get(self, update_id: int) -> Update | None:
+        return await self.session.get(Update, update_id)
 
     async def for_round(self, round_id: int) -> Sequence[Update]:
         """Accepted updates in a stable order (aggregation must not depend on it, but logs read better)."""
