@@ -4,7 +4,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export FEDFACE_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install test lint typecheck pytest serve demo bench-ingest clean
+.PHONY: install test lint typecheck pytest serve demo bench-ingest bench-fedface clean
+
+include deploy/make/image.mk
 
 install: $(VENV)/.installed
 
@@ -37,6 +39,9 @@ demo: install
 
 bench-ingest: install
 	$(VENV)/bin/fedface bench ingest --devices 500 --params 1000000 --out docs/results/ingest.json
+
+bench-fedface: install
+	$(VENV)/bin/fedface bench fedface --out docs/results/fedface.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache fedface-data
