@@ -6,8 +6,6 @@ export FEDFACE_DATA ?= $(abspath ../shared/data)
 
 .PHONY: install test lint typecheck pytest serve demo bench-ingest bench-fedface clean
 
-include deploy/make/image.mk
-
 install: $(VENV)/.installed
 
 # torch is pinned (==2.13.0, the CPU build on this machine's disk) in pyproject;
@@ -45,3 +43,6 @@ bench-fedface: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache fedface-data
+
+# Container image targets (image-check, image-agent, ...); included last so `install` stays the default goal.
+include deploy/make/image.mk
