@@ -104,3 +104,29 @@ def test_aggregation_interrupted_by_a_crash_is_redone_once(settings: Settings, d
             assert get_round(api, rnd["id"])["accepted"] == 2
     finally:
         srv2.stop()
+
+
+def test_losing_redis_state_loses_no_accepted_update(server: LiveServer, redis_prefix: str) -> None:
+    """Redis holds coordination state only: wipe it mid-round and the round
+    still commits with every accepted update."""
+    import redis as redis_sync
+
+    with httpx.Client(base_url=server.url, timeout=30) as api:
+        base = tiny_model()
+        v1 = register_model(api, base)
+        a, b = enroll(api, 2)
+        rnd = start_round(api, target_devices=2, min_devices=2)
+        a.check_in()
+        b.check_in()
+        assert a.submit(rnd["id"], delta_bytes(1), num_samples=1, base_version=v1["id"]).status_code == 200
+        client = redis_sync.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=redis_prefix + "*"))
+        assert keys  # the lease, counters and rate limits were there
+        client.delete(*keys)
+        client.close()
+        assert b.submit(rnd["id"], delta_bytes(2), num_samples=3, base_version=v1["id"]).status_code == 200
+        wait_until(lambda: get_round(api, rnd["id"])["state"] == "committed", what="commit after losing Redis")
+        done = get_round(api, rnd["id"])
+        got = decode(api.get(f"/v1/admin/models/{done['result_version_id']}/weights", headers=ADMIN).content)
+    expected = base["layer.bias"] + (1 * delta(1)["layer.bias"] + 3 * delta(2)["layer.bias"]) / 4
+    np.testing.assert_allclose(got["layer.bias"], expected, rtol=1e-5, atol=1e-6)
