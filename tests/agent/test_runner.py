@@ -398,3 +398,17 @@ def test_cli_runs_one_round_and_reports_json(coordinator: Coordinator, tmp_path:
     result = CliRunner().invoke(app, [*args, "--max-wait", "0"])
     assert result.exit_code == 3, result.output
     assert json.loads(result.stdout)[0]["status"] == "wait"
+
+
+def test_agents_sharing_a_blob_cache_can_store_the_same_blob_at_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from device_agent.state import AgentState, sha256_hex
+
+    shared = tmp_path / "shared"
+    states = [AgentState(tmp_path / f"d{i}", blob_dir=shared) for i in range(8)]
+    data = b"model bytes" * 1000
+    sha = sha256_hex(data)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda s: s.store_blob(sha, data), states))
+    assert all(s.cached_blob(sha) == data for s in states)
