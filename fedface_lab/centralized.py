@@ -33,11 +33,13 @@ class CentralizedConfig:
     margin: float = 0.35
     seed: int = 0
     progress: bool = True
+    max_identities: int | None = None  # the first N client identities (small runs)
 
 
-def _client_crops(data_root: Path, size: int, cache: CropCache) -> tuple[np.ndarray, np.ndarray]:
+def _client_crops(data_root: Path, size: int, cache: CropCache,
+                  max_identities: int | None) -> tuple[np.ndarray, np.ndarray]:
     lfw = data_root / "lfw" / "lfw-deepfunneled"
-    clients = [name for name, _ in read_clients(data_root / "protocol" / "clients.txt")]
+    clients = [name for name, _ in read_clients(data_root / "protocol" / "clients.txt")][:max_identities]
     files = [(k, f) for k, name in enumerate(clients) for f in sorted((lfw / name).iterdir())
              if f.suffix.lower() in IMAGE_SUFFIXES]
     crops = np.stack([np.asarray(load_crop(f, "center", size, cache), dtype=np.uint8) for _, f in files])
@@ -48,7 +50,7 @@ def centralized_finetune(cfg: CentralizedConfig) -> Path:
     torch.set_num_threads(os.cpu_count() or 1)
     seed_everything(cfg.seed)
     model, manifest = load_model(cfg.pretrained)
-    crops_np, labels_np = _client_crops(cfg.data_root, manifest.input_size, CropCache())
+    crops_np, labels_np = _client_crops(cfg.data_root, manifest.input_size, CropCache(), cfg.max_identities)
     crops, labels = torch.from_numpy(crops_np), torch.from_numpy(labels_np)
     classes = int(labels.max()) + 1
     head = MarginHead(manifest.embedding_dim, classes, "cosface", cfg.scale, cfg.margin)
@@ -85,7 +87,8 @@ def centralized_finetune(cfg: CentralizedConfig) -> Path:
                 loss.backward()
                 optimizer.step()
                 bar.advance(task)
-    manifest.notes = {**manifest.notes, "finetuned": "centralized on pooled client photos",
-                      "finetune_epochs": str(cfg.epochs), "finetune_s": f"{time.perf_counter() - started:.0f}"}
+    manifest = manifest.model_copy(update={"notes": {
+        **manifest.notes, "finetuned": "centralized on pooled client photos", "finetune_epochs": str(cfg.epochs),
+        "finetune_s": f"{time.perf_counter() - started:.0f}"}})
     save_model(cfg.out, model.eval(), manifest, {CLASS_CENTRES: head.centres()})
     return cfg.out

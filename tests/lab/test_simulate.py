@@ -68,3 +68,14 @@ def test_identity_mean_cosine_by_hand() -> None:
     emb = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     assert identity_mean_cosine(emb, ["a", "a", "b", "b"]) == pytest.approx(0.0)
     assert identity_mean_cosine(np.array([[1.0, 0.0], [2.0, 0.0]]), ["a", "b"]) == pytest.approx(1.0)
+
+
+def test_centralized_finetune_on_a_slice(tiny_model: Path, data_root: Path, tmp_path: Path) -> None:
+    from fedface_common.face.checkpoint import load_class_centres, load_manifest
+    from fedface_lab.centralized import CentralizedConfig, centralized_finetune
+
+    out = centralized_finetune(CentralizedConfig(pretrained=tiny_model, data_root=data_root,
+                                                 out=tmp_path / "central.safetensors", epochs=1, batch_size=16,
+                                                 max_identities=8, progress=False))
+    assert load_manifest(out).notes["finetuned"].startswith("centralized")
+    assert load_class_centres(out).shape == (8, 32)
