@@ -11,16 +11,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fedface_lab.bench_fedface import ExperimentPlan, default_params
 from fedface_lab.dev_eval import DevEvaluator
 from fedface_lab.model_cache import cached_pretrain
-from fedface_lab.pretrain import PretrainConfig
 from fedface_lab.simulate import RoundRecord, SimulationConfig, run_simulation
-
-
-def demo_pretrain_config(data: Path) -> PretrainConfig:
-    """Small enough to pretrain in a few minutes on 2 CPU cores."""
-    return PretrainConfig(data=data / "cfp", out=Path("unused"), input_size=48, width=0.5, embedding_dim=128,
-                          epochs=6, batch_size=128, lr=0.1, seed=0)
 
 
 @dataclass
@@ -28,7 +22,7 @@ class DemoConfig:
     data: Path
     devices: int = 50
     per_round: int = 25
-    rounds: int = 4
+    rounds: int = 8
     work_dir: Path = Path("fedface-data/demo")
 
 
@@ -36,7 +30,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, object]:
     console = Console()
     started = time.perf_counter()
     console.rule("1. Pretraining on the operator's public data (CFP)")
-    model, cached = cached_pretrain(demo_pretrain_config(cfg.data))
+    model, cached = cached_pretrain(ExperimentPlan.quick(cfg.data).pretrain)
     console.print(f"model: {model} ({'reused from cache' if cached else 'trained now'})")
 
     console.rule("2. The pretrained model on the development pairs")
@@ -54,10 +48,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, object]:
                       f"{r.mean_loss_before or 0:.4f} -> {r.mean_loss_after or 0:.4f}, W mean cos "
                       f"{m.get('w_mean_offdiag_cos_after_spreadout', float('nan')):.4f}, {r.seconds:.1f} s")
 
+    plan = ExperimentPlan.quick(cfg.data)  # the client and server settings tuned for the experiment
     sim = run_simulation(
         SimulationConfig(model=model, data_root=cfg.data, work_dir=cfg.work_dir, algorithm="fedface",
                          devices=cfg.devices, per_round=cfg.per_round, rounds=cfg.rounds, concurrency=2,
-                         local_epochs=1, batch_size=16, learning_rate=0.01),
+                         local_epochs=plan.local_epochs, batch_size=plan.batch_size, learning_rate=plan.lr,
+                         params=default_params(cfg.devices)["fedface"]),
         evaluator, on_round=on_round,
     )
     after = sim["history"][-1]["eval"]
