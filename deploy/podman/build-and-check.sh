@@ -111,7 +111,8 @@ log "rootfs of $IMAGE mounted at $MNT"
 # What the server runs with: the image's Env, plus the backends under test.
 RUN_ENV=("${IMAGE_ENV[@]}" "HOME=$WORKDIR" "FEDFACE_LOG_JSON=false")
 PORT=8000
-UNSHARE=(unshare --mount --propagation private --fork)
+# --pid: the server is in its own PID namespace, so everything it started dies with the check.
+UNSHARE=(unshare --mount --propagation private --fork --pid)
 if [[ "$BACKENDS" == host ]]; then
     RUN_ENV+=("FEDFACE_DATABASE_URL=${FEDFACE_CHECK_DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/test}"
         "FEDFACE_REDIS_URL=${FEDFACE_CHECK_REDIS_URL:-redis://127.0.0.1:6379/15}")
