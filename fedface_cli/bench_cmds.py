@@ -84,3 +84,56 @@ def fedface(
     md = write_report(result, out.with_suffix(".md"), out.with_suffix(".png"))
     Console().print(md)
     typer.echo(f"wrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+
+
+@app.command("fleet")
+def fleet(
+    devices: int = typer.Option(1000, min=2, help="Simulated devices (no training; each submits a random delta)"),
+    replicas: str = typer.Option("1,2", help="Comma-separated replica counts to run, e.g. 1,2,4"),
+    rounds: int = typer.Option(5, min=1, help="Rounds per replica count"),
+    params: int = typer.Option(1_000_000, min=1, help="Model size in F32 parameters"),
+    concurrency: int = typer.Option(64, min=1, help="HTTP requests in flight at most"),
+    bodies: int = typer.Option(4, min=1, help="Distinct update bodies to pre-generate (client memory)"),
+    kill_round: int = typer.Option(3, min=1, help="Round in which one replica is SIGKILLed (when replicas >= 2)"),
+    out: Path = typer.Option(..., dir_okay=False, help="Where to write the JSON result"),
+    progress: bool = typer.Option(True, help="Show progress bars"),
+    server_env: list[str] = typer.Option([], help="Extra coordinator setting, e.g. FEDFACE_LEASE_TTL_S=2"),
+) -> None:
+    """Check-in, download and submit rates, latencies, close-to-commit and replica memory, with failover.
+
+    Several replicas need FEDFACE_DATABASE_URL and FEDFACE_REDIS_URL (a fresh database and key prefix per
+    replica count, removed afterwards): embedded SQLite cannot be shared between processes."""
+    from fedface_lab.bench_fleet import FleetConfig, run_fleet
+    from fedface_lab.progress import make_progress
+
+    try:
+        counts = tuple(int(x) for x in replicas.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter("expected comma-separated integers", param_hint="--replicas") from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("expected positive replica counts", param_hint="--replicas")
+    pairs = [item.partition("=") for item in server_env]
+    if any(not sep or not key.startswith("FEDFACE_") for key, sep, _ in pairs):
+        raise typer.BadParameter("expected FEDFACE_NAME=value", param_hint="--server-env")
+    cfg = FleetConfig(devices=devices, replicas=counts, rounds=rounds, params=params, concurrency=concurrency,
+                      distinct_bodies=bodies, kill_round=kill_round, server_env=tuple((k, v) for k, _, v in pairs))
+    with make_progress(progress) as bar:
+        result = run_fleet(cfg, bar)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    table = Table(title=f"fleet: {devices} devices x {params} params, {rounds} rounds, concurrency {concurrency}",
+                  title_justify="left")
+    for col in ("replicas", "check-in/s", "download/s", "submit/s", "submit p99 ms", "errors", "failed over",
+                "close-to-commit s", "committed", "peak RSS MB"):
+        table.add_column(col)
+    for r in result["results"]:
+        table.add_row(str(r["replicas"]), str(r["checkins_per_s"]), str(r["downloads_per_s"]),
+                      str(r["submissions_per_s"]), str(r["latency_ms"]["submit"]["p99"]), str(r["errors"]),
+                      str(r["failed_over_requests"]), str(r["close_to_commit_s"]),
+                      f"{r['rounds_committed']}/{rounds}", str(r["peak_rss_mb"]))
+    Console().print(table)
+    typer.echo(f"wrote {out}")
+    bad = [r["replicas"] for r in result["results"] if r["errors"] or r["rounds_committed"] != rounds]
+    if bad:
+        typer.echo(f"error: unretried errors or uncommitted rounds with replicas {bad}", err=True)
+        raise typer.Exit(1)
