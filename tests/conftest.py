@@ -96,3 +96,14 @@ def data_root() -> Path:
     if not (root / "protocol" / "clients.txt").is_file():
         pytest.skip(f"face data not found at {root} (set FEDFACE_DATA)")
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server on a loopback port (moto's server mode)."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -11,9 +11,10 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from coordinator.strategies.base import Accumulator, AggregationResult, Strategy, StrategyParams
+from coordinator.strategies.base import Accumulator, AggregationResult, StrategyParams
 from coordinator.strategies.collapse import mean_offdiagonal_cosine
 from coordinator.strategies.fedavg import FedAvgStrategy, PositiveLossParams
+from coordinator.strategies.plain import PlainFedAvgStrategy
 from coordinator.strategies.spreadout import spreadout_loss, spreadout_steps
 
 
@@ -62,7 +63,7 @@ class PrivateParams(StrategyParams):
     cosface_margin: float = Field(default=0.35, ge=0, le=1)
 
 
-class FedFacePrivateStrategy(Strategy):
+class FedFacePrivateStrategy(PlainFedAvgStrategy):
     """W never leaves the devices: the server only averages backbone deltas and
     ships the public class centres of pretraining as negatives. This is the
     variant that admits secure aggregation later."""
@@ -71,13 +72,5 @@ class FedFacePrivateStrategy(Strategy):
     Params = PrivateParams
     uses_class_embeddings: ClassVar[bool] = False
     ships_class_centres: ClassVar[bool] = True
-
-    def finalize(
-        self, base: Mapping[str, np.ndarray], acc: Accumulator, class_embeddings: Mapping[uuid.UUID, np.ndarray]
-    ) -> AggregationResult:
-        return AggregationResult(
-            weights=self.apply_mean_delta(base, acc), class_embeddings={},
-            metrics={"updates": acc.count, "total_samples": acc.total_weight},
-        )
 
 

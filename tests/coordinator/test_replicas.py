@@ -19,17 +19,6 @@ from tests.support.fleet import ADMIN, delta, delta_bytes, enroll, get_round, re
 from tests.support.live import wait_until
 from tests.support.proc import CoordinatorProcess
 
-moto_server = pytest.importorskip("moto.server")
-
-
-@pytest.fixture
-def s3_endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
 
 @pytest.fixture
 def replicas(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,15 +28,6 @@ def _client(endpoint: str) -> Any:
     # moto accepts any credentials; fixed ones keep boto3 away from the host's
     # config, and a single attempt keeps the failure tests fast.
     return make_s3_client(endpoint_url=endpoint, access_key_id="testing", secret_access_key="testing", max_attempts=1)
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
