@@ -74,6 +74,7 @@ class Stats:
     errors: list[str] = field(default_factory=list)  # requests that did not succeed on any replica
     failed_over: int = 0  # requests that failed on one replica and then succeeded on another
     failed_on_killed: int = 0  # transport errors against the killed replica
+    failed_devices: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENDPOINTS, 0))
     checkin_waits: int = 0  # 'wait' answers before a task (e.g. a replica's stale round cache)
     not_modified: int = 0
     download_bytes: int = 0
@@ -87,15 +88,21 @@ class Fleet:
         self.sem = asyncio.Semaphore(concurrency)
         self.killed: int | None = None
 
-    async def request(self, dev: Device | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send to the device's replica; on a transport error try the others in turn (a device retries)."""
-        start = dev.home if dev is not None else 0
-        order = [(start + k) % len(self.urls) for k in range(len(self.urls))]
+    async def request(self, dev: Device | None, method: str, path: str, endpoint: str | None = None,
+                      **kwargs: Any) -> httpx.Response:
+        """Send to the device's replica; on a transport error try the others in turn (a device retries).
+
+        The latency kept for `endpoint` is the answered attempt's, timed after the client's own
+        concurrency limit admitted it: queueing in the benchmark is not the server's latency."""
+        first = dev.home if dev is not None else 0
+        order = [(first + k) % len(self.urls) for k in range(len(self.urls))]
         last: Exception | None = None
         for attempt, replica in enumerate(order):
             try:
                 async with self.sem:
+                    start = time.perf_counter()
                     resp = await self.http.request(method, self.urls[replica] + path, **kwargs)
+                    elapsed = time.perf_counter() - start
             except httpx.TransportError as exc:
                 last = exc
                 if replica == self.killed:
@@ -104,6 +111,8 @@ class Fleet:
             if attempt and dev is not None:
                 self.stats.failed_over += 1
                 dev.home = replica  # stick with the replica that answered
+            if endpoint is not None and resp.is_success:
+                self.stats.latencies[endpoint].append(elapsed)
             return resp
         raise BenchError(f"{method} {path} failed on every replica: {type(last).__name__}: {last}")
 
@@ -114,19 +123,17 @@ def _expect(resp: httpx.Response, *statuses: int) -> Any:
     return resp.json() if resp.content else None
 
 
-async def _timed(stats: Stats, endpoint: str, job: Awaitable[None]) -> None:
-    start = time.perf_counter()
+async def _counted(stats: Stats, endpoint: str, job: Awaitable[None]) -> None:
     try:
         await job
     except (BenchError, httpx.HTTPError) as exc:
         stats.errors.append(f"{endpoint}: {exc}"[:400])
-        return
-    stats.latencies[endpoint].append(time.perf_counter() - start)
+        stats.failed_devices[endpoint] += 1
 
 
 async def _phase(stats: Stats, endpoint: str, jobs: list[Awaitable[None]], tick: Callable[[], None]) -> None:
     async def one(job: Awaitable[None]) -> None:
-        await _timed(stats, endpoint, job)
+        await _counted(stats, endpoint, job)
         tick()
 
     start = time.perf_counter()
@@ -138,7 +145,7 @@ async def _check_in(fleet: Fleet, dev: Device, round_id: int, timeout_s: float) 
     auth = {"Authorization": f"Bearer {dev.credential}"}
     deadline = time.monotonic() + timeout_s
     while True:
-        body = _expect(await fleet.request(dev, "POST", f"{API}/check-in", headers=auth), 200)
+        body = _expect(await fleet.request(dev, "POST", f"{API}/check-in", "check_in", headers=auth), 200)
         if body["status"] == "task" and body["task"]["round_id"] == round_id:
             dev.version = int(body["task"]["model_version"])
             return
@@ -153,7 +160,8 @@ async def _download(fleet: Fleet, dev: Device) -> None:
     headers = {"Authorization": f"Bearer {dev.credential}"}
     if dev.model_sha is not None:
         headers["If-None-Match"] = f'"{dev.model_sha}"'
-    resp = await fleet.request(dev, "GET", f"{API}/models/{dev.version}/weights", headers=headers)
+    resp = await fleet.request(dev, "GET", f"{API}/models/{dev.version}/weights", "download",
+                               headers=headers)
     if resp.status_code == 304:
         fleet.stats.not_modified += 1
     elif resp.status_code == 200:
@@ -167,7 +175,8 @@ async def _submit(fleet: Fleet, dev: Device, round_id: int, body: bytes, acked: 
     headers = {"Authorization": f"Bearer {dev.credential}", "Content-Type": "application/octet-stream",
                HEADER_NUM_SAMPLES: str(10 + dev.index % 50), HEADER_BASE_VERSION: str(dev.version)}
     # A retry of an update whose acknowledgement was lost is answered as the original (same body, same count).
-    _expect(await fleet.request(dev, "POST", f"{API}/rounds/{round_id}/update", content=body, headers=headers), 200)
+    _expect(await fleet.request(dev, "POST", f"{API}/rounds/{round_id}/update", "submit",
+                                        content=body, headers=headers), 200)
     acked()
 
 
@@ -255,15 +264,16 @@ def _pct(values: list[float], q: float) -> float | None:
 def _summary(r: int, cfg: FleetConfig, backend: str, run: dict[str, Any], samplers: list[RssSampler],
              wall_s: float) -> dict[str, Any]:
     stats: Stats = run["stats"]
-    rate = {e: round(len(stats.latencies[e]) / stats.phase_s[e], 2) if stats.phase_s[e] else None
-            for e in ENDPOINTS}
+    # Device operations done per second of the phase (a check-in that had to ask twice counts once).
+    done = {e: cfg.devices * cfg.rounds - stats.failed_devices[e] for e in ENDPOINTS}
+    rate = {e: round(done[e] / stats.phase_s[e], 2) if stats.phase_s[e] else None for e in ENDPOINTS}
     return {
         "replicas": r, "backend": backend,
         "checkins_per_s": rate["check_in"], "downloads_per_s": rate["download"], "submissions_per_s": rate["submit"],
         "latency_ms": {e: {"p50": _pct(stats.latencies[e], 50), "p99": _pct(stats.latencies[e], 99),
                            "count": len(stats.latencies[e])} for e in ENDPOINTS},
         "phase_wall_s": {e: round(v, 3) for e, v in stats.phase_s.items()},
-        "errors": len(stats.errors), "error_samples": stats.errors[:5],
+        "errors": len(stats.errors), "errors_by_endpoint": stats.failed_devices, "error_samples": stats.errors[:5],
         "failed_over_requests": stats.failed_over, "failed_on_killed_replica": stats.failed_on_killed,
         "killed_replica": run["killed"],
         "checkin_waits": stats.checkin_waits, "downloads_not_modified": stats.not_modified,
@@ -328,8 +338,10 @@ def run_fleet(cfg: FleetConfig, progress: Progress | None = None) -> dict[str, A
         "benchmark": "fleet", "devices": cfg.devices, "params": cfg.params, "rounds": cfg.rounds,
         "concurrency": cfg.concurrency, "kill_round": cfg.kill_round, "body_bytes": len(bodies[0]),
         "model_bytes": len(model), "server_env": dict(cfg.server_env),
-        "rate_basis": "requests of the endpoint / wall time of that endpoint's phases (check-in, download and "
-                      "submit run one after another in each round)",
+        "rate_basis": "device operations completed / wall time of that endpoint's phases (check-in, download "
+                      "and submit run one after another in each round, at most `concurrency` requests in flight)",
+        "latency_basis": "per answered HTTP request, from when the client's concurrency limit admits it; the "
+                         "client runs on the same machine as the replicas",
         "results": results,
         "machine": {**machine_info(), "load_avg_1m_before": load_before},
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
