@@ -4,6 +4,7 @@ their own commands to this sub-app)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,10 @@ def fleet(
         raise typer.BadParameter("expected comma-separated integers", param_hint="--replicas") from None
     if not counts or min(counts) < 1:
         raise typer.BadParameter("expected positive replica counts", param_hint="--replicas")
+    if max(counts) > 1 and not (os.environ.get("FEDFACE_DATABASE_URL") and os.environ.get("FEDFACE_REDIS_URL")):
+        raise typer.BadParameter("several replicas cannot share embedded SQLite: set FEDFACE_DATABASE_URL and "
+                                 "FEDFACE_REDIS_URL (a fresh database and key prefix are made from them)",
+                                 param_hint="--replicas")
     pairs = [item.partition("=") for item in server_env]
     if any(not sep or not key.startswith("FEDFACE_") for key, sep, _ in pairs):
         raise typer.BadParameter("expected FEDFACE_NAME=value", param_hint="--server-env")
