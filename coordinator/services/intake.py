@@ -8,7 +8,6 @@ the response is sent. A retry of the same bytes gets the same answer."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -80,9 +79,7 @@ def _answer(upd: Update) -> SubmitResponse:
     return SubmitResponse(update_id=upd.id, round_id=upd.round_id, sha256=upd.blob_sha256, status="accepted")
 
 
-async def _check_round(session: AsyncSession, rnd: Round, device_id: uuid.UUID, headers: Mapping[str, str]) -> None:
-    if await RoundRepository(session).assignment(rnd.id, device_id) is None:
-        raise NotSelected(f"device was not selected for round {rnd.id}")
+def _check_open(rnd: Round, headers: Mapping[str, str]) -> None:
     if rnd.state != round_service.COLLECTING or rnd.stop_requested or utcnow() >= rnd.deadline_at:
         raise RoundClosed(f"round {rnd.id} is {rnd.state if rnd.state != 'collecting' else 'past its deadline'}")
     base = _int_header(headers, HEADER_BASE_VERSION)
@@ -124,11 +121,16 @@ async def _submit(
     body: AsyncIterator[bytes],
 ) -> SubmitResponse:
     settings = ctx.settings
-    await _check_round(session, rnd, device.id, headers)
+    if await RoundRepository(session).assignment(rnd.id, device.id) is None:
+        raise NotSelected(f"device was not selected for round {rnd.id}")
+    updates = UpdateRepository(session)
+    # A replay is answered as the original was, even once the round has closed:
+    # the device may simply have lost the first answer.
+    previous = await updates.find(rnd.id, device.id)
+    if previous is None:
+        _check_open(rnd, headers)
     num_samples = parse_num_samples(headers, settings.max_num_samples)
     client_metrics = parse_client_metrics(headers, settings.max_metrics_bytes)
-    updates = UpdateRepository(session)
-    previous = await updates.find(rnd.id, device.id)
 
     writer = await receive(body, headers.get("content-length"), settings.max_update_bytes, ctx.blobs)
     try:
@@ -156,7 +158,7 @@ async def _submit(
     if update_id is None:
         # A concurrent retry of this device won the race; answer as that one did.
         winner = await updates.find(rnd.id, device.id)
-        if winner is not None and winner.blob_sha256 == sha:
+        if winner is not None and winner.blob_sha256 == sha and winner.num_samples == num_samples:
             return _answer(winner)
         raise DuplicateSubmission(f"another update was already accepted for round {rnd.id}")
     SUBMISSIONS.labels(outcome="accepted").inc()

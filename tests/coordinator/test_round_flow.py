@@ -114,6 +114,13 @@ def test_retry_gets_same_answer_and_a_different_second_update_is_refused(api: ht
     other = dev.submit(rnd["id"], delta_bytes(6), num_samples=3, base_version=v1["id"])
     assert other.status_code == 409 and other.json()["code"] == "duplicate_submission"
     assert get_round(api, rnd["id"])["accepted"] == 1
+    # A device that lost the answer may retry after the round has closed: same answer again.
+    assert api.post(f"/v1/admin/rounds/{rnd['id']}/stop", headers=ADMIN).status_code == 200
+    wait_until(lambda: get_round(api, rnd["id"])["state"] == "committed", what="commit after stop")
+    late_retry = dev.submit(rnd["id"], delta_bytes(5), num_samples=3, base_version=v1["id"])
+    assert late_retry.status_code == 200 and late_retry.json() == first.json()
+    late_other = dev.submit(rnd["id"], delta_bytes(7), num_samples=3, base_version=v1["id"])
+    assert late_other.status_code == 409 and late_other.json()["code"] == "duplicate_submission"
 
 
 def test_round_without_quorum_fails_and_served_model_stays(api: httpx.Client, database_url: str) -> None:
