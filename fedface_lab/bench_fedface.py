@@ -8,6 +8,7 @@ evaluate everything on the development folds."""
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -154,7 +155,7 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path,
         "pretrain": {k: str(v) for k, v in plan.pretrain.__dict__.items()},
         "rows": rows, "curves": curves, "fedface_gap_closed_tar@far=0.001": closed,
         "wall_s": round(time.perf_counter() - started, 1), "finished_at": datetime.now(UTC).isoformat(),
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
 
 
