@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 import storage.models  # noqa: F401  (registers the tables on Base.metadata)
 from storage.db import Base, to_sync_url
 
 config = context.config
+MIGRATION_LOCK_KEY = 0x66656466  # "fedf"
 target_metadata = Base.metadata
 
 
@@ -31,6 +32,12 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas that start together each run `fedface serve`, which migrates
+            # first: a session-level advisory lock lets one migrate while the
+            # others wait, then find nothing left to do.
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=target_metadata,

@@ -43,3 +43,25 @@ def test_sqlite_embedded_schema_comes_from_the_same_migrations(tmp_path: object)
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_replicas_migrating_at_once_all_succeed() -> None:
+    """Several replicas start together and each runs the migrations first."""
+    import os
+    import subprocess
+    import sys
+
+    name = f"fedface_migr_{uuid.uuid4().hex[:8]}"
+    url = create_database(name)
+    try:
+        env = {**os.environ, "FEDFACE_DATABASE_URL": url}
+        procs = [subprocess.Popen([sys.executable, "-m", "fedface_cli.main", "migrate"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(3)]
+        outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], outputs
+        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        engine.dispose()
+    finally:
+        drop_database(name)
