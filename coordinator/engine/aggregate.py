@@ -17,12 +17,13 @@ import numpy as np
 import structlog
 
 from coordinator.context import AppContext
+from coordinator.engine.folding import fold_updates
 from coordinator.engine.partials import decode_accumulator
 from coordinator.metrics import AGGREGATION_SECONDS, ROUND_DURATION
 from coordinator.schemas import RoundConfig
 from coordinator.services import models as model_service
 from coordinator.services.rounds import AGGREGATING, COMMITTED, FAILED, create_round
-from coordinator.strategies import Accumulator, Strategy, make_strategy
+from coordinator.strategies import Accumulator, make_strategy
 from fedface_common.tensors import decode, encode
 from fedface_common.wire import MANIFEST_METADATA_KEY
 from storage.db import utcnow
@@ -34,24 +35,6 @@ from storage.repositories.rounds import RoundRepository
 from storage.repositories.updates import UpdateRepository
 
 log = structlog.get_logger("coordinator.aggregate")
-
-
-async def fold_updates(ctx: AppContext, strategy: Strategy, updates: list[tuple[Any, str, int]], expected: Any,
-                       progress: Any = None) -> Accumulator:
-    """Fold (device_id, blob sha256, num_samples) triples into a fresh accumulator."""
-    acc = Accumulator()
-    for device_id, sha, num_samples in updates:
-        data = await ctx.blobs.get_bytes(sha)
-
-        def _fold(data: bytes = data, device_id: Any = device_id, num_samples: int = num_samples) -> None:
-            # Finiteness was checked at intake; the result is checked once more below.
-            strategy.fold(acc, device_id, decode(data, expected, require_finite=False), num_samples)
-
-        await asyncio.to_thread(_fold)
-        del data
-        if progress is not None:
-            progress()
-    return acc
 
 
 def _all_finite(weights: dict[str, Any]) -> bool:

@@ -15,6 +15,7 @@ import uuid
 import structlog
 
 from coordinator.context import AppContext
+from coordinator.engine.folding import fold_updates
 from coordinator.services import models as model_service
 from coordinator.services.rounds import COLLECTING
 from coordinator.strategies import Accumulator, make_strategy
@@ -94,12 +95,8 @@ class PartialFolder:
         # Fold into a copy, so that a failed write leaves the cached state as persisted.
         work = Accumulator()
         work.merge(acc)
-        def fold(data: bytes, device_id: uuid.UUID, num_samples: int) -> None:
-            # Validated at intake; the spec check here guards against a mixed-up blob.
-            strategy.fold(work, device_id, decode(data, expected, require_finite=False), num_samples)
-
-        for upd in pending:
-            await asyncio.to_thread(fold, await ctx.blobs.get_bytes(upd.blob_sha256), upd.device_id, upd.num_samples)
+        work.merge(await fold_updates(ctx, strategy, [(u.device_id, u.blob_sha256, u.num_samples) for u in pending],
+                                      expected))
         new_covered = covered | {u.id for u in pending}
         sha = await ctx.blobs.put_bytes(await asyncio.to_thread(encode_accumulator, work))
         async with ctx.sessions() as session, session.begin():
