@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     # Scheduling.
     idle_retry_s: float = Field(default=30.0, gt=0)
     tick_interval_s: float = Field(default=0.5, gt=0)
+    tick_min_gap_s: float = Field(
+        default=0.25, ge=0,
+        description="Least time between two driver passes: under a burst of submissions, each of which wakes the"
+        " driver, the passes (and the round-row lock each takes) stay a few per second",
+    )
     partial_fold_interval_s: float = Field(
         default=2.0, gt=0, description="How often a replica folds its accepted updates into its durable partial sum"
     )

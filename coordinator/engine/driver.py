@@ -64,12 +64,20 @@ class RoundDriver:
             await asyncio.sleep(ttl / 3)
 
     async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -float("inf")
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ctx.wake.wait(), timeout=self.ctx.settings.tick_interval_s)
+            # Every accepted update wakes the driver; coalesce a burst of wakes
+            # into one pass instead of a pass (and a round-row lock) per update.
+            gap = last + self.ctx.settings.tick_min_gap_s - loop.time()
+            if gap > 0:
+                await asyncio.sleep(gap)
             self.ctx.wake.clear()
             if not self.is_leader:
                 continue
+            last = loop.time()
             try:
                 await self.tick()
             except Exception:

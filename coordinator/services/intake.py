@@ -22,6 +22,7 @@ from coordinator.errors import (
     InvalidNumSamples,
     NotSelected,
     RoundClosed,
+    RoundNotFound,
     StaleBaseVersion,
 )
 from coordinator.metrics import SUBMISSIONS, UPDATE_BYTES
@@ -33,7 +34,7 @@ from fedface_common.tensors import TensorSpec
 from fedface_common.wire import HEADER_BASE_VERSION, HEADER_CLIENT_METRICS, HEADER_NUM_SAMPLES, SubmitResponse
 from storage.db import utcnow
 from storage.models import Device, Round, Update
-from storage.repositories.rounds import RoundRepository
+from storage.repositories.rounds import RoundRepository, SubmissionView
 from storage.repositories.updates import UpdateRepository
 
 
@@ -106,9 +107,12 @@ async def submit(
     body: AsyncIterator[bytes],
 ) -> SubmitResponse:
     structlog.contextvars.bind_contextvars(round_id=round_id)
-    rnd = await round_service.get(session, round_id)
+    view = await RoundRepository(session).for_submission(round_id, device.id)
+    if view is None:
+        raise RoundNotFound(f"round {round_id} does not exist")
+    rnd = view.round
     try:
-        return await _submit(session, ctx, device, rnd, headers, body)
+        return await _submit(session, ctx, device, view, headers, body)
     except FedFaceError as exc:
         SUBMISSIONS.labels(outcome=exc.code).inc()
         if not isinstance(exc, NotSelected):
@@ -117,16 +121,17 @@ async def submit(
 
 
 async def _submit(
-    session: AsyncSession, ctx: AppContext, device: Device, rnd: Round, headers: Mapping[str, str],
+    session: AsyncSession, ctx: AppContext, device: Device, view: SubmissionView, headers: Mapping[str, str],
     body: AsyncIterator[bytes],
 ) -> SubmitResponse:
     settings = ctx.settings
-    if await RoundRepository(session).assignment(rnd.id, device.id) is None:
+    rnd = view.round
+    if not view.assigned:
         raise NotSelected(f"device was not selected for round {rnd.id}")
     updates = UpdateRepository(session)
     # A replay is answered as the original was, even once the round has closed:
     # the device may simply have lost the first answer.
-    previous = await updates.find(rnd.id, device.id)
+    previous = view.previous
     if previous is None:
         _check_open(rnd, headers)
     num_samples = parse_num_samples(headers, settings.max_num_samples)
@@ -147,8 +152,7 @@ async def _submit(
     # Re-check under a shared row lock held until commit: the driver closes a
     # round under an exclusive lock, so an update is either in before the close
     # (and aggregated) or refused, never acknowledged and then left out.
-    locked = await RoundRepository(session).get(rnd.id, lock="share")
-    if locked is None or locked.state != round_service.COLLECTING or locked.stop_requested:
+    if not await RoundRepository(session).is_open_locked(rnd.id):
         raise RoundClosed(f"round {rnd.id} closed while the update was uploading")
     update_id = await updates.add_if_absent(dict(
         round_id=rnd.id, device_id=device.id, blob_sha256=sha, size_bytes=writer.size, num_samples=num_samples,

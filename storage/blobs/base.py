@@ -5,12 +5,14 @@ no-op, so a retried or replayed write can never corrupt a stored blob."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 class BlobNotFound(KeyError):
@@ -20,21 +22,15 @@ class BlobNotFound(KeyError):
 class BlobWriter(ABC):
     """Receives a blob in chunks, hashing as it goes; `commit` makes it durable."""
 
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    async def write(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
-        self.size += len(chunk)
-        await self._write(chunk)
+    size: int
 
     @abstractmethod
-    async def _write(self, chunk: bytes) -> None: ...
+    async def write(self, chunk: bytes) -> None: ...
+
+    @property
+    @abstractmethod
+    def sha256(self) -> str:
+        """The hash of everything written so far."""
 
     @abstractmethod
     def staged_path(self) -> Path:
@@ -48,29 +44,85 @@ class BlobWriter(ABC):
     async def abort(self) -> None: ...
 
 
+# Bytes gathered on the event loop before one worker thread hashes and writes them.
+HANDOFF_BYTES = 1 << 20
+
+
 class StagedFileWriter(BlobWriter):
     """Stages the blob in a local temp file while hashing it, so the key is
-    known and the bytes can be validated before the blob is committed."""
+    known and the bytes can be validated before the blob is committed.
+
+    Hashing and writing a multi-megabyte update are the largest costs of an
+    upload; they run in a worker thread (hashlib and file writes release the
+    GIL) on ~1 MiB batches, so the event loop keeps parsing other requests
+    instead of paying for them chunk by chunk."""
 
     def __init__(self, tmp_dir: Path | None, prefix: str) -> None:
-        super().__init__()
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=prefix)
-        self._file = os.fdopen(fd, "wb")
-        self._path = Path(name)
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._tmp_dir, self._prefix = tmp_dir, prefix
+        self._file: BinaryIO | None = None
+        self._path: Path | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._closed = False
 
-    async def _write(self, chunk: bytes) -> None:
-        # Appending a request-sized chunk to a local file is cheaper than a thread hop.
-        self._file.write(chunk)
+    async def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size >= HANDOFF_BYTES:
+            await asyncio.to_thread(self._drain, self._take_pending())
+
+    def _take_pending(self) -> list[bytes]:
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        return pending
+
+    def _open(self) -> BinaryIO:
+        if self._file is None:
+            if self._closed:
+                raise RuntimeError("the writer was aborted")
+            fd, name = tempfile.mkstemp(dir=self._tmp_dir, prefix=self._prefix)
+            self._file, self._path = os.fdopen(fd, "wb"), Path(name)
+        return self._file
+
+    def _drain(self, chunks: list[bytes]) -> None:
+        f = self._open()
+        for chunk in chunks:
+            self._hash.update(chunk)
+            f.write(chunk)
+
+    def _finish_staging(self) -> BinaryIO:
+        """Write what is still pending (less than one hand-off) and flush the file."""
+        self._drain(self._take_pending())
+        f = self._open()
+        f.flush()
+        return f
+
+    @property
+    def sha256(self) -> str:
+        self._finish_staging()
+        return self._hash.hexdigest()
 
     def staged_path(self) -> Path:
-        self._file.flush()
+        self._finish_staging()
+        assert self._path is not None
+        return self._path
+
+    def _close_staged(self) -> Path:
+        """Close the staged file for good and return its path (for commit)."""
+        f = self._finish_staging()
+        f.close()
+        assert self._path is not None
         return self._path
 
     async def abort(self) -> None:
         """Drop the staged bytes; a no-op once the writer committed."""
-        if not self._file.closed:
+        self._pending, self._closed = [], True
+        if self._file is not None and not self._file.closed:
             self._file.close()
-        self._path.unlink(missing_ok=True)
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
 
 
 class BlobStore(ABC):

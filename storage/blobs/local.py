@@ -18,13 +18,15 @@ class _LocalWriter(StagedFileWriter):
 
     async def commit(self) -> str:
         key = self.sha256
-        dest = self._store.path_of(key)
-        self._file.flush()
-        await asyncio.to_thread(os.fsync, self._file.fileno())
-        self._file.close()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._path, dest)
+        # fsync and rename wait on the file system's journal: off the event loop.
+        await asyncio.to_thread(self._sync_and_move, self._store.path_of(key))
         return key
+
+    def _sync_and_move(self, dest: Path) -> None:
+        os.fsync(self._finish_staging().fileno())
+        path = self._close_staged()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
 
 
 class LocalBlobStore(BlobStore):

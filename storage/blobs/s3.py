@@ -81,11 +81,11 @@ class _S3Writer(StagedFileWriter):
 
     async def commit(self) -> str:
         key = self.sha256
-        self._file.close()
+        path = self._close_staged()
         try:
-            await self._store.upload_file(self._path, key)
+            await self._store.upload_file(path, key)
         finally:
-            self._path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         return key
 
 

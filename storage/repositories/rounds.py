@@ -5,13 +5,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Assignment, Round, Update
 
 ACTIVE_STATES = ("collecting", "aggregating")
+
+
+@dataclass(frozen=True)
+class SubmissionView:
+    """What intake needs to judge a device's submission, read in one query."""
+
+    round: Round
+    assigned: bool
+    previous: Update | None
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,29 @@ class RoundRepository:
             select(func.count()).select_from(Update).where(Update.round_id == round_id)
         )
         return RoundCounts(selected=int(selected or 0), submitted=int(submitted or 0))
+
+    async def for_submission(self, round_id: int, device_id: uuid.UUID) -> SubmissionView | None:
+        """The round, whether the device is assigned to it, and its earlier
+        update if any: one round trip instead of three on the busiest path."""
+        stmt = (
+            select(Round, Assignment.device_id, Update)
+            .outerjoin(Assignment, and_(Assignment.round_id == Round.id, Assignment.device_id == device_id))
+            .outerjoin(Update, and_(Update.round_id == Round.id, Update.device_id == device_id))
+            .where(Round.id == round_id)
+        )
+        row = (await self.session.execute(stmt)).first()
+        if row is None:
+            return None
+        return SubmissionView(round=row[0], assigned=row[1] is not None, previous=row[2])
+
+    async def is_open_locked(self, round_id: int) -> bool:
+        """Whether the round still collects, holding its row FOR SHARE until
+        commit (a no-op lock on SQLite, where writers are serialised anyway)."""
+        stmt = (
+            select(Round.state, Round.stop_requested).where(Round.id == round_id).with_for_update(read=True)
+        )
+        row = (await self.session.execute(stmt)).first()
+        return row is not None and row.state == "collecting" and not row.stop_requested
 
     async def assignment(self, round_id: int, device_id: uuid.UUID) -> Assignment | None:
         return await self.session.get(Assignment, (round_id, device_id))
