@@ -149,17 +149,18 @@ async def _submit(
     finally:
         await writer.abort()  # no-op after commit; removes the staged file otherwise
 
-    # Re-check under a shared row lock held until commit: the driver closes a
-    # round under an exclusive lock, so an update is either in before the close
-    # (and aggregated) or refused, never acknowledged and then left out.
-    if not await RoundRepository(session).is_open_locked(rnd.id):
-        raise RoundClosed(f"round {rnd.id} closed while the update was uploading")
-    update_id = await updates.add_if_absent(dict(
+    # The insert re-checks the round under a shared row lock held until commit:
+    # the driver closes a round under an exclusive lock, so an update is either
+    # in before the close (and aggregated) or refused, never acknowledged and
+    # then left out.
+    update_id = await updates.add_if_collecting(dict(
         round_id=rnd.id, device_id=device.id, blob_sha256=sha, size_bytes=writer.size, num_samples=num_samples,
         base_version_id=rnd.base_version_id, client_metrics=client_metrics, replica_id=ctx.replica_id,
         created_at=utcnow(),
     ))
     if update_id is None:
+        if not await RoundRepository(session).is_open_locked(rnd.id):
+            raise RoundClosed(f"round {rnd.id} closed while the update was uploading")
         # A concurrent retry of this device won the race; answer as that one did.
         winner = await updates.find(rnd.id, device.id)
         if winner is not None and winner.blob_sha256 == sha and winner.num_samples == num_samples:

@@ -40,6 +40,7 @@ async def receive(
             if writer.size + len(chunk) > limit:
                 raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", limit=limit)
             await writer.write(chunk)
+        await writer.finish()
     except BaseException:
         await writer.abort()
         raise

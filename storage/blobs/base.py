@@ -6,6 +6,7 @@ no-op, so a retried or replayed write can never corrupt a stored blob."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -26,6 +27,10 @@ class BlobWriter(ABC):
 
     @abstractmethod
     async def write(self, chunk: bytes) -> None: ...
+
+    @abstractmethod
+    async def finish(self) -> None:
+        """Wait until every byte written so far is hashed and staged."""
 
     @property
     @abstractmethod
@@ -65,6 +70,7 @@ class StagedFileWriter(BlobWriter):
         self._path: Path | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
+        self._inflight: asyncio.Future[None] | None = None
         self._closed = False
 
     async def write(self, chunk: bytes) -> None:
@@ -72,6 +78,19 @@ class StagedFileWriter(BlobWriter):
         self._pending.append(chunk)
         self._pending_size += len(chunk)
         if self._pending_size >= HANDOFF_BYTES:
+            # Double buffering: the previous batch is hashed and written while
+            # this one was received, so the socket is not left idle meanwhile.
+            await self._wait_inflight()
+            self._inflight = asyncio.get_running_loop().run_in_executor(None, self._drain, self._take_pending())
+
+    async def _wait_inflight(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            await inflight
+
+    async def finish(self) -> None:
+        await self._wait_inflight()
+        if self._pending:
             await asyncio.to_thread(self._drain, self._take_pending())
 
     def _take_pending(self) -> list[bytes]:
@@ -94,6 +113,8 @@ class StagedFileWriter(BlobWriter):
 
     def _finish_staging(self) -> BinaryIO:
         """Write what is still pending (less than one hand-off) and flush the file."""
+        if self._inflight is not None:
+            raise RuntimeError("await finish() before reading a writer's hash or staged file")
         self._drain(self._take_pending())
         f = self._open()
         f.flush()
@@ -118,6 +139,8 @@ class StagedFileWriter(BlobWriter):
 
     async def abort(self) -> None:
         """Drop the staged bytes; a no-op once the writer committed."""
+        with contextlib.suppress(Exception):
+            await self._wait_inflight()
         self._pending, self._closed = [], True
         if self._file is not None and not self._file.closed:
             self._file.close()
@@ -133,6 +156,7 @@ class BlobStore(ABC):
         w = self.writer()
         try:
             await w.write(data)
+            await w.finish()
             return await w.commit()
         except BaseException:
             await w.abort()

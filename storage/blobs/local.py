@@ -17,6 +17,7 @@ class _LocalWriter(StagedFileWriter):
         self._store = store
 
     async def commit(self) -> str:
+        await self.finish()
         key = self.sha256
         # fsync and rename wait on the file system's journal: off the event loop.
         await asyncio.to_thread(self._sync_and_move, self._store.path_of(key))

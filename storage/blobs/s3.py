@@ -80,6 +80,7 @@ class _S3Writer(StagedFileWriter):
         self._store = store
 
     async def commit(self) -> str:
+        await self.finish()
         key = self.sha256
         path = self._close_staged()
         try:

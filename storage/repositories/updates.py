@@ -4,12 +4,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Update
+from storage.models import Round, Update
 
 
 class UpdateRepository:
@@ -20,13 +20,23 @@ class UpdateRepository:
         stmt = select(Update).where(Update.round_id == round_id, Update.device_id == device_id)
         return (await self.session.scalars(stmt)).first()
 
-    async def add_if_absent(self, values: dict[str, Any]) -> int | None:
-        """Insert an update unless this device already has one in the round
-        (the unique constraint decides, so concurrent retries cannot both win).
-        Returns the new id, or None when a row was already there."""
+    async def add_if_collecting(self, values: dict[str, Any]) -> int | None:
+        """Insert an update only while its round collects and unless this device
+        already has one there, in one statement. The round row is held FOR SHARE
+        until commit: the driver closes a round under FOR UPDATE, so an update
+        is either in before the close or not inserted at all. Returns the new id,
+        or None (round closed, or a row already there: the caller tells which)."""
         dialect = self.session.get_bind().dialect.name
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        stmt = insert(Update).values(**values).on_conflict_do_nothing(
+        still_open = (
+            select(Round.id)
+            .where(Round.id == values["round_id"], Round.state == "collecting", Round.stop_requested.is_(False))
+            .with_for_update(read=True)
+        )
+        columns = list(values)
+        row = select(*(literal(values[c], type_=Update.__table__.c[c].type).label(c) for c in columns)).where(
+            exists(still_open))
+        stmt = insert(Update).from_select(columns, row).on_conflict_do_nothing(
             index_elements=["round_id", "device_id"]).returning(Update.id)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
