@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedface_common.tensors import TensorInfo, TensorSpec
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR
@@ -24,6 +24,13 @@ class StrategyConfigError(ValueError):
 
 class StrategyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    server_lr: float = Field(
+        default=1.0, gt=0, le=100,
+        description="Step along the mean delta (FedOpt's server learning rate; 1 is plain FedAvg). Deltas of"
+        " one-identity devices point in many directions and partly cancel in the mean; a larger step restores"
+        " the size of a round's progress",
+    )
 
 
 @dataclass
@@ -74,7 +81,7 @@ class Strategy(ABC):
     # Round configuration -------------------------------------------------------
     def client_params(self) -> dict[str, Any]:
         """Algorithm settings the devices need (they go into the task's training config)."""
-        return self.params.model_dump()
+        return self.params.model_dump(exclude={"server_lr"})
 
     def update_spec(self, model_spec: TensorSpec, embedding_dim: int | None) -> TensorSpec:
         """What a device's update must contain: an F32 delta per float tensor of
@@ -109,13 +116,13 @@ class Strategy(ABC):
         acc.count += 1
 
     def apply_mean_delta(self, base: Mapping[str, np.ndarray], acc: Accumulator) -> dict[str, np.ndarray]:
-        """base + weighted mean of the deltas; tensors no update touched stay as they were."""
+        """base + server_lr x weighted mean of the deltas; tensors no update touched stay as they were."""
         if acc.count == 0:
             raise ValueError("no updates to aggregate")
         out: dict[str, np.ndarray] = {}
         for name, value in base.items():
             if name in acc.sums:
-                mean_delta = acc.sums[name] / acc.total_weight
+                mean_delta = acc.sums[name] * (self.params.server_lr / acc.total_weight)
                 # An overflow becomes Inf, which the round engine refuses to commit.
                 with np.errstate(over="ignore"):
                     out[name] = (value.astype(np.float64) + mean_delta).astype(value.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from fedface_common.tensors import decode, encode
-from fedface_common.wire import CLASS_EMBEDDING_TENSOR
+from fedface_common.wire import CLASS_EMBEDDING_TENSOR, HEADER_BASE_VERSION, HEADER_NUM_SAMPLES
 from tests.support.fleet import (
     ADMIN,
     delta,
@@ -121,6 +122,41 @@ def test_retry_gets_same_answer_and_a_different_second_update_is_refused(api: ht
     assert late_retry.status_code == 200 and late_retry.json() == first.json()
     late_other = dev.submit(rnd["id"], delta_bytes(7), num_samples=3, base_version=v1["id"])
     assert late_other.status_code == 409 and late_other.json()["code"] == "duplicate_submission"
+
+
+def test_an_update_still_uploading_when_the_round_closes_is_refused_not_lost(api: httpx.Client) -> None:
+    """The round closes between an upload's first and last byte: the late update
+    gets round_closed, and the committed model holds exactly the earlier one."""
+    base = tiny_model()
+    v1 = register_model(api, base)
+    a, b = enroll(api, 2)
+    rnd = start_round(api, target_devices=5, min_devices=1)
+    a.check_in()
+    b.check_in()
+    assert a.submit(rnd["id"], delta_bytes(1), num_samples=2, base_version=v1["id"]).status_code == 200
+
+    body = delta_bytes(2)
+    half_sent, go_on = threading.Event(), threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        half_sent.set()
+        go_on.wait(timeout=60)
+        yield body[len(body) // 2 :]
+
+    headers = {**b.auth, HEADER_NUM_SAMPLES: "3", HEADER_BASE_VERSION: str(v1["id"])}
+    with ThreadPoolExecutor(1) as pool:
+        late = pool.submit(api.post, f"/v1/rounds/{rnd['id']}/update", content=slow_body(), headers=headers)
+        assert half_sent.wait(timeout=60)
+        assert api.post(f"/v1/admin/rounds/{rnd['id']}/stop", headers=ADMIN).status_code == 200
+        wait_until(lambda: get_round(api, rnd["id"])["state"] == "committed", what="commit after stop")
+        go_on.set()
+        response = late.result(timeout=60)
+    assert response.status_code == 409 and response.json()["code"] == "round_closed"
+    done = get_round(api, rnd["id"])
+    assert done["accepted"] == 1
+    got = decode(api.get(f"/v1/admin/models/{done['result_version_id']}/weights", headers=ADMIN).content)
+    np.testing.assert_allclose(got["layer.weight"], base["layer.weight"] + delta(1)["layer.weight"], rtol=1e-6)
 
 
 def test_round_without_quorum_fails_and_served_model_stays(api: httpx.Client, database_url: str) -> None:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator.strategies import Accumulator, make_strategy
+from coordinator.strategies.base import StrategyConfigError
 from coordinator.strategies.collapse import mean_offdiagonal_cosine
 from coordinator.strategies.spreadout import spreadout_grad, spreadout_loss, spreadout_steps
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR
@@ -50,6 +51,28 @@ def test_fedavg_is_the_weighted_mean_and_does_not_depend_on_order(items: list, d
         expected = 1.0 + sum(t[name].astype(np.float64) * n for t, n in items) / total
         np.testing.assert_allclose(a[name], expected, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(items=updates(), server_lr=st.floats(0.1, 20))
+def test_server_lr_scales_the_mean_delta(items: list, server_lr: float) -> None:
+    """base + server_lr x weighted mean delta (FedOpt's server step; 1 is FedAvg)."""
+    strategy = make_strategy("fedavg-plain", {"server_lr": server_lr})
+    base = {k: np.ones(s, np.float32) for k, s in SHAPES.items()}
+    acc = Accumulator()
+    for i, (tensors, n) in enumerate(items):
+        strategy.fold(acc, uuid.UUID(int=i), tensors, n)
+    out = strategy.finalize(base, acc, {}).weights
+    total = sum(n for _, n in items)
+    for name in SHAPES:
+        expected = 1.0 + server_lr * sum(t[name].astype(np.float64) * n for t, n in items) / total
+        np.testing.assert_allclose(out[name], expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 101, "fast"])
+def test_server_lr_out_of_range_is_refused(bad: object) -> None:
+    with pytest.raises(StrategyConfigError, match="server_lr"):
+        make_strategy("fedface", {"server_lr": bad})
 
 
 @settings(max_examples=30, deadline=None)
