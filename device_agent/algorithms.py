@@ -42,6 +42,8 @@ DEFAULT_MARGIN = 0.9
 DEFAULT_K_NEGATIVES = 64
 DEFAULT_SCALE = 32.0
 DEFAULT_COSFACE_MARGIN = 0.35
+# Weight of fedface-private's anchor to the public centres (see Objective); 0 disables it.
+DEFAULT_ANCHOR = 0.0
 # Gradient-norm clip per step (override with params["max_grad_norm"]; <= 0 disables).
 # A few photos of one person should nudge the shared backbone, not throw it: with
 # frozen BN statistics that do not match the activations (an untrained or
@@ -204,13 +206,36 @@ class Objective:
             self.negatives = centres[nearest_centres(w_c, centres, k)].detach()
             self.scale = float(params.get("scale", DEFAULT_SCALE))
             self.margin = float(params.get("cosface_margin", DEFAULT_COSFACE_MARGIN))
+            # Every device pushes its faces away from the same public centres, so the
+            # cheapest way down the loss is one shift shared by all faces, which the
+            # server's average then compounds (the identities bunch up). The anchor
+            # keeps each photo's cosines to all public centres where the round found
+            # them: the features may tighten around w_c, not drift as a whole.
+            self.anchor = float(params.get("anchor", DEFAULT_ANCHOR))
+            self.centres = F.normalize(centres.detach(), dim=1)
         else:
             raise UnsupportedAlgorithm(f"this agent cannot train {cfg.algorithm!r}")
+        self.reference: torch.Tensor | None = None
 
-    def __call__(self, features: torch.Tensor, w_c: torch.Tensor) -> torch.Tensor:
+    @property
+    def needs_reference(self) -> bool:
+        return self.negatives is not None and self.anchor > 0
+
+    def set_reference(self, features: torch.Tensor) -> None:
+        """The start-of-round cosines of every photo (features in x's order) to the public centres."""
+        self.reference = (F.normalize(features, dim=1) @ self.centres.T).detach()
+
+    def __call__(self, features: torch.Tensor, w_c: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of `features`, the photos x[index] (index is needed for the anchor)."""
         if self.negatives is None:
             return positive_loss(features, w_c, self.margin)
-        return cosface_loss(features, w_c, self.negatives, self.scale, self.margin)
+        loss = cosface_loss(features, w_c, self.negatives, self.scale, self.margin)
+        if self.needs_reference:
+            if self.reference is None or index is None:
+                raise ValueError("the anchor needs set_reference() and the photos' indices")
+            now = F.normalize(features, dim=1) @ self.centres.T
+            loss = loss + self.anchor * (now - self.reference[index]).pow(2).sum(dim=1).mean()
+        return loss
 
 
 def train_local(
@@ -244,10 +269,13 @@ def train_local(
     w_c = nn.Parameter(F.normalize(w0.clone(), dim=0))
     c = torch.from_numpy(np.asarray(centres, dtype=np.float32)).to(device) if centres is not None else None
     objective = Objective(cfg, w_c.detach(), c)
+    if objective.needs_reference:
+        objective.set_reference(embed(model, x, cfg.batch_size))
+    everything = torch.arange(len(x), device=device)
 
     def full_loss() -> float:
         with torch.no_grad():
-            return float(objective(embed(model, x, cfg.batch_size), w_c.detach()))
+            return float(objective(embed(model, x, cfg.batch_size), w_c.detach(), everything))
 
     loss_before = full_loss()
     backbone = [p for p in model.parameters() if p.requires_grad]
@@ -265,8 +293,8 @@ def train_local(
         for epoch in range(cfg.local_epochs):
             order = torch.randperm(n, generator=generator).to(device)
             for b in range(batches):
-                batch = random_flip(x[order[b * bs : (b + 1) * bs]], generator)
-                loss = objective(model(batch), w_c)
+                index = order[b * bs : (b + 1) * bs]
+                loss = objective(model(random_flip(x[index], generator)), w_c, index)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if max_grad_norm > 0:

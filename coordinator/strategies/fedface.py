@@ -61,6 +61,8 @@ class PrivateParams(StrategyParams):
     k_negatives: int = Field(default=64, ge=1, le=100_000)
     scale: float = Field(default=32.0, gt=0, le=128)
     cosface_margin: float = Field(default=0.35, ge=0, le=1)
+    anchor: float = Field(default=0.0, ge=0, le=10_000,
+                          description="Weight of the photos' start-of-round cosines to all public centres")
 
 
 class FedFacePrivateStrategy(PlainFedAvgStrategy):

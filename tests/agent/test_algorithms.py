@@ -91,6 +91,41 @@ def test_private_objective_uses_the_k_nearest_centres() -> None:
     assert chosen == expected
 
 
+def test_private_anchor_adds_the_drift_of_cosines_to_all_centres_by_hand() -> None:
+    centres = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    w = torch.tensor([0.0, -1.0])
+    start = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # two photos' features at the start of the round
+    obj = Objective(cfg("fedface-private", params={"k_negatives": 1, "anchor": 2.0, "scale": 1.0,
+                                                   "cosface_margin": 0.0}), w, centres)
+    obj.set_reference(start)
+    moved = torch.tensor([[0.0, 1.0]])  # photo 0 now points where photo 1 did
+    # cosines to the centres go from (1, 0, -1) to (0, 1, 0): squared drift 1 + 1 + 1 = 3
+    base = cosface_loss(moved, w, obj.negatives, 1.0, 0.0)  # type: ignore[arg-type]
+    got = obj(moved, w, torch.tensor([0]))
+    assert math.isclose(float(got), float(base) + 2.0 * 3.0, rel_tol=1e-6)
+    assert math.isclose(float(obj(moved, w, torch.tensor([1]))), float(base), rel_tol=1e-6)  # no drift
+    with pytest.raises(ValueError, match="indices"):
+        obj(moved, w)
+
+
+def test_private_anchor_keeps_local_training_from_shifting_every_face(model_file: bytes,
+                                                                      photos: torch.Tensor) -> None:
+    """With the anchor, a round of local training moves the features' cosines to
+    the public centres less than without it (same seed, same photos)."""
+    base = tensors.decode(model_file)
+    centres = np.random.default_rng(4).normal(size=(20, TINY.embedding_dim)).astype(np.float32)
+    c = F.normalize(torch.from_numpy(centres), dim=1)
+    before = F.normalize(algorithms.embed(decode_model(model_file).model, photos), dim=1) @ c.T
+    drift = {}
+    for anchor in (0.0, 50.0):
+        m = decode_model(model_file).model
+        train_local(m, base, photos, cfg("fedface-private", local_epochs=3, learning_rate=0.2,
+                                         params={"k_negatives": 8, "anchor": anchor}), centres=centres, seed=0)
+        after = F.normalize(algorithms.embed(m, photos), dim=1) @ c.T
+        drift[anchor] = float((after - before).pow(2).sum(dim=1).mean())
+    assert drift[50.0] < 0.5 * drift[0.0]
+
+
 def test_unknown_algorithm_is_refused() -> None:
     with pytest.raises(algorithms.UnsupportedAlgorithm):
         Objective(cfg("fedsgd"), torch.ones(4), None)
