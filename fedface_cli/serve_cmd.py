@@ -20,4 +20,5 @@ def serve(
     settings = get_settings()
     if migrate:
         upgrade_to_head(settings.resolved_database_url)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,
+                timeout_keep_alive=settings.keep_alive_s)

@@ -74,6 +74,9 @@ class Stats:
     errors: list[str] = field(default_factory=list)  # requests that did not succeed on any replica
     failed_over: int = 0  # requests that failed on one replica and then succeeded on another
     failed_on_killed: int = 0  # transport errors against the killed replica
+    # Transport errors on a live replica, retried: a keep-alive connection the
+    # server closed as idle just as the client reused it, as real devices meet too.
+    retried_transport_errors: int = 0
     failed_devices: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENDPOINTS, 0))
     checkin_waits: int = 0  # 'wait' answers before a task (e.g. a replica's stale round cache)
     not_modified: int = 0
@@ -95,7 +98,8 @@ class Fleet:
         The latency kept for `endpoint` is the answered attempt's, timed after the client's own
         concurrency limit admitted it: queueing in the benchmark is not the server's latency."""
         first = dev.home if dev is not None else 0
-        order = [(first + k) % len(self.urls) for k in range(len(self.urls))]
+        # Every replica once, then the first again: with one replica a device still retries once.
+        order = [(first + k) % len(self.urls) for k in range(len(self.urls))] + [first]
         last: Exception | None = None
         for attempt, replica in enumerate(order):
             try:
@@ -107,8 +111,10 @@ class Fleet:
                 last = exc
                 if replica == self.killed:
                     self.stats.failed_on_killed += 1
+                else:
+                    self.stats.retried_transport_errors += 1
                 continue
-            if attempt and dev is not None:
+            if attempt and dev is not None and replica != first:
                 self.stats.failed_over += 1
                 dev.home = replica  # stick with the replica that answered
             if endpoint is not None and resp.is_success:
@@ -210,6 +216,10 @@ async def _one_round(fleet: Fleet, devices: list[Device], k: int, cfg: FleetConf
 
     await _phase(stats, "submit", [_submit(fleet, d, round_id, bodies[d.index % len(bodies)], acked)
                                    for d in devices], lambda: None)
+    if acks["n"] < n:
+        # Devices that failed leave the round short of its target: close it now (the
+        # quorum decides) instead of waiting out its deadline.
+        _expect(await fleet.request(None, "POST", f"{API}/admin/rounds/{round_id}/stop", headers=admin), 200, 409)
     last_ack = acks["last"] or time.perf_counter()
     deadline = time.perf_counter() + cfg.round_timeout_s
     while True:
@@ -275,6 +285,7 @@ def _summary(r: int, cfg: FleetConfig, backend: str, run: dict[str, Any], sample
         "phase_wall_s": {e: round(v, 3) for e, v in stats.phase_s.items()},
         "errors": len(stats.errors), "errors_by_endpoint": stats.failed_devices, "error_samples": stats.errors[:5],
         "failed_over_requests": stats.failed_over, "failed_on_killed_replica": stats.failed_on_killed,
+        "retried_transport_errors": stats.retried_transport_errors,
         "killed_replica": run["killed"],
         "checkin_waits": stats.checkin_waits, "downloads_not_modified": stats.not_modified,
         "download_mb": round(stats.download_bytes / 2**20, 2),
