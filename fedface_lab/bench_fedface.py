@@ -73,11 +73,13 @@ def default_params(population: int) -> dict[str, dict[str, Any]]:
     pairs, so each row's gradient shrinks like 1/n: the spreadout lr is scaled
     by n-1 to keep the step per row the same at any population. The factor
     0.05 was picked on the development folds (10 at n=200; 100 spread W in one
-    round and the clients' targets moved out of reach)."""
+    round and the clients' targets moved out of reach). fedface-private's
+    anchor weight 1 too (docs/results/tuning.jsonl: 0 bunched identities, 10
+    diverged)."""
     return {
         "fedface": {"margin": 0.9, "tau": 0.3, "spreadout_steps": 10, "spreadout_lr": 0.05 * (population - 1)},
         "fedavg": {"margin": 0.9},
-        "fedface-private": {"k_negatives": 64, "scale": 32.0, "cosface_margin": 0.35},
+        "fedface-private": {"k_negatives": 64, "scale": 32.0, "cosface_margin": 0.35, "anchor": 1.0},
     }
 
 
