@@ -122,7 +122,8 @@ class StagedFileWriter(BlobWriter):
 
     @property
     def sha256(self) -> str:
-        self._finish_staging()
+        if self._file is None or not self._file.closed:  # closed: committed, nothing left to add
+            self._finish_staging()
         return self._hash.hexdigest()
 
     def staged_path(self) -> Path:
