@@ -37,14 +37,16 @@ class Settings(BaseSettings):
     # Intake limits: every size and value a device sends is checked against these.
     max_update_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_num_samples: int = Field(default=100_000, gt=0)
+    max_metrics_bytes: int = Field(default=4096, gt=0)
+
+    # HTTP serving.
     keep_alive_s: int = Field(
         default=75, gt=0, le=3600,
         description="How long an idle HTTP connection stays open. Longer than a load balancer's idle timeout"
         " (60 s on most), so the balancer, not this server, closes idle connections: otherwise a request sent"
         " on a connection just as the server closes it fails in transit",
     )
-    max_num_samples: int = Field(default=100_000, gt=0)
-    max_metrics_bytes: int = Field(default=4096, gt=0)
 
     # Scheduling.
     idle_retry_s: float = Field(default=30.0, gt=0)

@@ -21,6 +21,14 @@ _SUMMARY = ("backend", "accepted", "updates_per_s", "mb_per_s", "p50_ms", "p99_m
             "aggregate_s")
 
 
+def _server_env(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """--server-env FEDFACE_NAME=value items as (name, value) pairs."""
+    pairs = [item.partition("=") for item in items]
+    if any(not sep or not key.startswith("FEDFACE_") for key, sep, _ in pairs):
+        raise typer.BadParameter("expected FEDFACE_NAME=value", param_hint="--server-env")
+    return tuple((k, v) for k, _, v in pairs)
+
+
 @app.command("ingest")
 def ingest(
     devices: int = typer.Option(100, min=1, help="Devices that enroll and each submit one update"),
@@ -40,11 +48,8 @@ def ingest(
     from fedface_lab.bench_ingest import IngestConfig, run_ingest
     from fedface_lab.progress import make_progress
 
-    pairs = [item.partition("=") for item in server_env]
-    if any(not sep or not key.startswith("FEDFACE_") for key, sep, _ in pairs):
-        raise typer.BadParameter("expected FEDFACE_NAME=value", param_hint="--server-env")
     cfg = IngestConfig(devices=devices, params=params, concurrency=concurrency, distinct_bodies=bodies,
-                       profile_dir=profile_server, server_env=tuple((k, v) for k, _, v in pairs))
+                       profile_dir=profile_server, server_env=_server_env(server_env))
     with make_progress(progress) as bar:
         result = run_ingest(cfg, bar)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,11 +128,8 @@ def fleet(
         raise typer.BadParameter("several replicas cannot share embedded SQLite: set FEDFACE_DATABASE_URL and "
                                  "FEDFACE_REDIS_URL (a fresh database and key prefix are made from them)",
                                  param_hint="--replicas")
-    pairs = [item.partition("=") for item in server_env]
-    if any(not sep or not key.startswith("FEDFACE_") for key, sep, _ in pairs):
-        raise typer.BadParameter("expected FEDFACE_NAME=value", param_hint="--server-env")
     cfg = FleetConfig(devices=devices, replicas=counts, rounds=rounds, params=params, concurrency=concurrency,
-                      distinct_bodies=bodies, kill_round=kill_round, server_env=tuple((k, v) for k, _, v in pairs))
+                      distinct_bodies=bodies, kill_round=kill_round, server_env=_server_env(server_env))
     with make_progress(progress) as bar:
         result = run_fleet(cfg, bar)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +146,7 @@ def fleet(
         **{f"{e} p50/p99 ms": _latency_of(e) for e in ("check_in", "download", "submit")},
         "errors (unretried)": lambda r: r["errors"], "failed over": lambda r: r["failed_over_requests"],
         "failed on killed": lambda r: r["failed_on_killed_replica"],
+        "transport errors retried": lambda r: r["retried_transport_errors"],
         "close-to-commit s": lambda r: r["close_to_commit_s"],
         "rounds committed": lambda r: f"{r['rounds_committed']}/{rounds}",
         "peak RSS MB": lambda r: r["peak_rss_mb"], "wall s": lambda r: r["wall_s"],

@@ -11,7 +11,8 @@ is measured on its own. Close-to-commit is the time from the last acknowledged
 update to the admin API reporting the round committed.
 
 A device whose request dies with a transport error retries it on the next
-replica and stays there. In round `kill_round`, when R >= 2, the last replica
+replica and stays there; after every replica it tries its own once more (so
+with one replica it retries once), as the agent retries. In round `kill_round`, when R >= 2, the last replica
 is SIGKILLed after half the submissions have been acknowledged.
 
 Embedded SQLite cannot be shared by several processes, so R >= 2 needs

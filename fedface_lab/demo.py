@@ -29,8 +29,10 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig) -> dict[str, object]:
     console = Console()
     started = time.perf_counter()
+    # The quick experiment's pretraining and its client and server settings.
+    plan = ExperimentPlan.quick(cfg.data)
     console.rule("1. Pretraining on the operator's public data (CFP)")
-    model, cached = cached_pretrain(ExperimentPlan.quick(cfg.data).pretrain)
+    model, cached = cached_pretrain(plan.pretrain)
     console.print(f"model: {model} ({'reused from cache' if cached else 'trained now'})")
 
     console.rule("2. The pretrained model on the development pairs")
@@ -48,7 +50,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, object]:
                       f"{r.mean_loss_before or 0:.4f} -> {r.mean_loss_after or 0:.4f}, W mean cos "
                       f"{m.get('w_mean_offdiag_cos_after_spreadout', float('nan')):.4f}, {r.seconds:.1f} s")
 
-    plan = ExperimentPlan.quick(cfg.data)  # the client and server settings tuned for the experiment
     sim = run_simulation(
         SimulationConfig(model=model, data_root=cfg.data, work_dir=cfg.work_dir, algorithm="fedface",
                          devices=cfg.devices, per_round=cfg.per_round, rounds=cfg.rounds, concurrency=2,

@@ -3,7 +3,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
@@ -33,13 +32,11 @@ class RoundRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get(self, round_id: int, lock: bool | Literal["share"] = False) -> Round | None:
-        """`lock=True` takes the row FOR UPDATE, `lock="share"` FOR SHARE (no-ops on SQLite,
-        where writers are serialised anyway)."""
+    async def get(self, round_id: int, lock: bool = False) -> Round | None:
+        """`lock=True` takes the row FOR UPDATE (a no-op on SQLite, where writers are serialised anyway)."""
         if not lock:
             return await self.session.get(Round, round_id)
-        return await self.session.get(Round, round_id, with_for_update={"read": lock == "share"},
-                                      populate_existing=True)
+        return await self.session.get(Round, round_id, with_for_update=True, populate_existing=True)
 
     async def add(self, rnd: Round) -> Round:
         self.session.add(rnd)

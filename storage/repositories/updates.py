@@ -40,9 +40,6 @@ class UpdateRepository:
             index_elements=["round_id", "device_id"]).returning(Update.id)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
-    async def get(self, update_id: int) -> Update | None:
-        return await self.session.get(Update, update_id)
-
     async def for_round(self, round_id: int) -> Sequence[Update]:
         """Accepted updates in a stable order (aggregation must not depend on it, but logs read better)."""
         return (await self.session.scalars(select(Update).where(Update.round_id == round_id).order_by(Update.id))).all()
