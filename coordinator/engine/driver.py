@@ -19,6 +19,7 @@ from coordinator.engine.aggregate import aggregate_round
 from coordinator.metrics import IS_DRIVER, ROUND_DURATION
 from coordinator.services.rounds import AGGREGATING, COLLECTING, FAILED
 from storage.db import utcnow
+from storage.models import Round
 from storage.repositories.rounds import RoundRepository
 from storage.repositories.updates import UpdateRepository
 
@@ -94,15 +95,26 @@ class RoundDriver:
                 await aggregate_round(self.ctx, round_id)
 
     async def _maybe_close(self, round_id: int) -> str:
+        # Look before locking: the close takes the round row FOR UPDATE, which
+        # queues every submission's share lock behind it. Taken on every wake
+        # during intake, that lock stalled uploads in convoys; the conditions
+        # only ever become true (more updates, a later clock, a stop), so an
+        # unlocked "not yet" is safe and the next wake looks again.
+        async with self.ctx.sessions() as session:
+            rnd = await RoundRepository(session).get(round_id)
+            if rnd is None or rnd.state != COLLECTING:
+                return rnd.state if rnd else FAILED
+            if not self._due(rnd, await UpdateRepository(session).count(round_id)):
+                return COLLECTING
         async with self.ctx.sessions() as session, session.begin():
             rnd = await RoundRepository(session).get(round_id, lock=True)
             if rnd is None or rnd.state != COLLECTING:
                 return rnd.state if rnd else FAILED
             accepted = await UpdateRepository(session).count(round_id)
             now = utcnow()
-            target, quorum = int(rnd.config["target_devices"]), int(rnd.config["min_devices"])
+            quorum = int(rnd.config["min_devices"])
             closing = rnd.stop_requested or now >= rnd.deadline_at
-            if accepted >= target or (closing and accepted >= quorum):
+            if accepted >= int(rnd.config["target_devices"]) or (closing and accepted >= quorum):
                 rnd.state, rnd.closed_at = AGGREGATING, now
                 log.info("round_closed", round_id=round_id, accepted=accepted)
             elif closing:
@@ -115,3 +127,9 @@ class RoundDriver:
         if state != COLLECTING:
             await self.ctx.state.cache_current_round(None)
         return state
+
+    @staticmethod
+    def _due(rnd: Round, accepted: int) -> bool:
+        """Whether the round has to leave `collecting`: target reached, or deadline or stop."""
+        return (accepted >= int(rnd.config["target_devices"]) or rnd.stop_requested
+                or utcnow() >= rnd.deadline_at)

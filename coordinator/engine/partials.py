@@ -100,9 +100,10 @@ class PartialFolder:
         new_covered = covered | {u.id for u in pending}
         sha = await ctx.blobs.put_bytes(await asyncio.to_thread(encode_accumulator, work))
         async with ctx.sessions() as session, session.begin():
-            rnd_now = await RoundRepository(session).get(round_id, lock=True)
-            if rnd_now is None or rnd_now.state != COLLECTING:
-                return 0  # closed meanwhile: the driver folds these directly
+            # A share lock, like intake's: it keeps the driver from closing the
+            # round before this commits, without stalling concurrent uploads.
+            if not await RoundRepository(session).is_open_locked(round_id):
+                return 0  # closing or closed meanwhile: the driver folds these directly
             await PartialAggregateRepository(session).save(round_id, ctx.replica_id, sha, sorted(new_covered))
         self._cache[round_id] = (work, new_covered)
         return len(pending)

@@ -132,21 +132,30 @@ class StagedFileWriter(BlobWriter):
         return self._path
 
     def _close_staged(self) -> Path:
-        """Close the staged file for good and return its path (for commit)."""
+        """Close the staged file for good and hand its path to the committer,
+        which moves or removes it: abort() no longer touches it."""
         f = self._finish_staging()
         f.close()
-        assert self._path is not None
-        return self._path
+        path, self._path = self._path, None
+        assert path is not None
+        return path
 
     async def abort(self) -> None:
         """Drop the staged bytes; a no-op once the writer committed."""
         with contextlib.suppress(Exception):
             await self._wait_inflight()
         self._pending, self._closed = [], True
+        if self._path is not None:
+            # Off the event loop: an unlink waits on the directory's lock,
+            # which concurrent creates, renames and fsyncs hold.
+            await asyncio.to_thread(self._discard_staged)
+
+    def _discard_staged(self) -> None:
         if self._file is not None and not self._file.closed:
             self._file.close()
         if self._path is not None:
             self._path.unlink(missing_ok=True)
+            self._path = None
 
 
 class BlobStore(ABC):

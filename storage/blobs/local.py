@@ -26,8 +26,12 @@ class _LocalWriter(StagedFileWriter):
     def _sync_and_move(self, dest: Path) -> None:
         os.fsync(self._finish_staging().fileno())
         path = self._close_staged()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
 
 
 class LocalBlobStore(BlobStore):
