@@ -40,5 +40,7 @@ def test_bench_ingest_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert data["accepted"] == 3 and data["errors"] == []
     assert data["round_state"] == "committed" and data["round_accepted"] == 3 and data["round_rejected"] == 0
     assert data["updates_per_s"] > 0 and data["echo_updates_per_s"] > 0 and data["ratio_to_echo"] > 0
+    before, after = data["echo_runs_updates_per_s"]
+    assert data["echo_updates_per_s"] == round((before + after) / 2, 2)
     assert data["server_peak_rss_mb"] >= data["server_peak_rss_intake_mb"] > 0
     assert isinstance(data["aggregate_s"], float) and data["cpu_count"] >= 1
