@@ -17,7 +17,10 @@ class RoundConfig(BaseModel):
     min_devices: int = Field(default=1, ge=1, le=100_000)
     over_selection: float = Field(default=1.3, ge=1.0, le=10.0)
     deadline_s: float = Field(default=600.0, gt=0, le=7 * 24 * 3600)
-    local_epochs: int = Field(default=1, ge=1, le=100)
+    # 0 makes an enrollment round: each device sends the class embedding of
+    # its photos under the served model and a zero backbone delta, so the
+    # server can spread every identity's row before any device trains on it.
+    local_epochs: int = Field(default=1, ge=0, le=100)
     batch_size: int = Field(default=32, ge=1, le=4096)
     learning_rate: float = Field(default=0.01, gt=0, le=10)
     optimizer: Literal["sgd", "adam"] = "sgd"

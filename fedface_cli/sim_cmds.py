@@ -25,6 +25,8 @@ def simulate(
     param: list[str] = typer.Option([], help="Algorithm parameter key=value (repeatable)"),
     eval_every: int = typer.Option(0, min=0, help="Evaluate on the dev pairs every k rounds (0: at the end only)"),
     seed: int = typer.Option(0),
+    enrollment_round: bool = typer.Option(
+        False, help="First a round of every device without training: each sends its class embedding"),
     work_dir: Path = typer.Option(Path("fedface-data/simulation"), help="Coordinator and device state"),
     out: Path | None = typer.Option(None, help="Write the per-round JSON here"),
 ) -> None:
@@ -40,11 +42,11 @@ def simulate(
     cfg = SimulationConfig(model=model, data_root=data, work_dir=work_dir, algorithm=algorithm, devices=devices,
                            per_round=per_round, rounds=rounds, concurrency=concurrency, local_epochs=epochs,
                            batch_size=batch_size, learning_rate=lr, optimizer=optimizer, params=parse_params(param),
-                           eval_every=eval_every, seed=seed)
+                           eval_every=eval_every, seed=seed, enrollment_round=enrollment_round)
     console = Console(stderr=True)
     with Progress(console=console) as progress:
         enrolling = progress.add_task("enrolling devices", total=devices)
-        training = progress.add_task(f"{algorithm} rounds", total=rounds)
+        training = progress.add_task(f"{algorithm} rounds", total=rounds + int(enrollment_round))
 
         def on_round(r: RoundRecord) -> None:
             progress.advance(training)

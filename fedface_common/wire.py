@@ -39,7 +39,7 @@ class TrainingConfig(BaseModel):
     """What the device needs to train one round. Values come from the round's config."""
 
     algorithm: str
-    local_epochs: int = Field(ge=1, le=100)
+    local_epochs: int = Field(ge=0, le=100)  # 0: send w_c and a zero delta (an enrollment round)
     batch_size: int = Field(ge=1, le=4096)
     learning_rate: float = Field(gt=0, le=10)
     optimizer: Literal["sgd", "adam"] = "sgd"

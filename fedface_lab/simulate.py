@@ -54,11 +54,15 @@ class SimulationConfig:
     eval_every: int = 0
     seed: int = 0
     input_mode: str = "aligned"
+    # Before the rounds, one enrollment round of every device (no training: each
+    # sends its class embedding), so the first spreadout sees every identity.
+    enrollment_round: bool = False
 
-    def round_config(self) -> dict[str, Any]:
+    def round_config(self, per_round: int | None = None, local_epochs: int | None = None) -> dict[str, Any]:
         return {
-            "algorithm": self.algorithm, "target_devices": self.per_round, "min_devices": 1,
-            "over_selection": 1.0, "deadline_s": 24 * 3600, "local_epochs": self.local_epochs,
+            "algorithm": self.algorithm, "target_devices": per_round or self.per_round, "min_devices": 1,
+            "over_selection": 1.0, "deadline_s": 24 * 3600,
+            "local_epochs": self.local_epochs if local_epochs is None else local_epochs,
             "batch_size": self.batch_size, "learning_rate": self.learning_rate, "optimizer": self.optimizer,
             "momentum": self.momentum, "weight_decay": self.weight_decay, "params": self.params,
         }
@@ -141,8 +145,16 @@ class Simulation:
         cfg = self.cfg
         rng = random.Random(cfg.seed * 7919 + index)
         chosen = rng.sample(self.agents, min(cfg.per_round, len(self.agents)))
+        return self._round(index + 1, chosen, cfg.round_config())
+
+    def run_enrollment_round(self) -> RoundRecord:
+        """Round 0: every device, no local training (see SimulationConfig.enrollment_round)."""
+        return self._round(0, self.agents, self.cfg.round_config(per_round=len(self.agents), local_epochs=0))
+
+    def _round(self, number: int, chosen: list[Agent], config: dict[str, Any]) -> RoundRecord:
+        cfg = self.cfg
         started = time.perf_counter()
-        rnd = self.admin.start_round(cfg.round_config())
+        rnd = self.admin.start_round(config)
         with ThreadPoolExecutor(max(1, cfg.concurrency)) as pool:
             reports: list[RoundReport] = list(pool.map(lambda a: a.run_round(), chosen))
         submitted = [r for r in reports if r.status in (Outcome.SUBMITTED, Outcome.RESUBMITTED)]
@@ -151,7 +163,7 @@ class Simulation:
             self.admin.stop_round(int(rnd["id"]))
         done = self._wait_final(int(rnd["id"]))
         return RoundRecord(
-            round=index + 1, round_id=int(rnd["id"]), version=int(done.get("result_version_id") or 0),
+            round=number, round_id=int(rnd["id"]), version=int(done.get("result_version_id") or 0),
             participants=len(chosen), submitted=len(submitted),
             mean_loss_before=_mean([float(r.metrics["loss_before"]) for r in submitted if "loss_before" in r.metrics]),
             mean_loss_after=_mean([float(r.metrics["loss_after"]) for r in submitted if "loss_after" in r.metrics]),
@@ -188,6 +200,12 @@ def run_simulation(cfg: SimulationConfig, evaluate: Evaluator | None = None,
         version = sim.publish_model()
         sim.enroll(on_enroll)
         history: list[RoundRecord] = []
+        if cfg.enrollment_round:
+            record = sim.run_enrollment_round()
+            version = record.version
+            history.append(record)
+            if on_round:
+                on_round(record)
         for i in range(cfg.rounds):
             record = sim.run_round(i)
             version = record.version

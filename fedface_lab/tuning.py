@@ -3,7 +3,7 @@ pretrained model (cached) with the full plan's settings unless overridden.
 
     python -m fedface_lab.tuning NAME ROUNDS [key=value ...]
 
-keys: algorithm, epochs, batch, lr, per_round, seed, eval_every, and p.<name>
+keys: algorithm, epochs, batch, lr, per_round, seed, eval_every, enroll_round (0/1), and p.<name>
 for an algorithm parameter (p.margin=0.7, p.server_lr=5, p.scale=16). The
 final evaluation (protocol A and B on the development folds, the only data
 tuned on) is appended as one JSON line to FEDFACE_TUNING_OUT (default
@@ -46,7 +46,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         algorithm=algorithm, devices=plan.devices, per_round=int(overrides.pop("per_round", plan.per_round)),
         rounds=rounds, concurrency=plan.concurrency, local_epochs=int(overrides.pop("epochs", plan.local_epochs)),
         batch_size=int(overrides.pop("batch", plan.batch_size)), learning_rate=float(overrides.pop("lr", plan.lr)),
-        params=params, eval_every=int(overrides.pop("eval_every", rounds)), seed=int(overrides.pop("seed", 0)))
+        params=params, eval_every=int(overrides.pop("eval_every", rounds)), seed=int(overrides.pop("seed", 0)),
+        enrollment_round=bool(int(overrides.pop("enroll_round", 0))))
     if overrides:
         raise SystemExit(f"unknown keys: {sorted(overrides)}")
 

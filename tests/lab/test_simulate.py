@@ -64,6 +64,27 @@ def test_simulation_runs_rounds_through_the_real_coordinator(algorithm: str, tin
         assert list((tmp_path / "sim" / "devices").glob("*/private_wc.safetensors"))
 
 
+def test_enrollment_round_sends_every_identity_before_any_training(tiny_model: Path, data_root: Path,
+                                                                   tmp_path: Path) -> None:
+    """Round 0 has every device send its class embedding and no backbone change:
+    the served weights stay the same and W holds a row for every device."""
+    from fedface_common.tensors import load_file
+
+    cfg = SimulationConfig(model=tiny_model, data_root=data_root, work_dir=tmp_path / "sim", algorithm="fedface",
+                           devices=3, per_round=2, rounds=0, concurrency=1, batch_size=8, seed=3,
+                           enrollment_round=True)
+    result = run_simulation(cfg)
+    (enrollment,) = result["history"]
+    assert (enrollment["round"], enrollment["participants"], enrollment["submitted"]) == (0, 3, 3)
+    assert enrollment["mean_loss_before"] == enrollment["mean_loss_after"]  # no step was taken
+    assert enrollment["server_metrics"]["w_rows"] == 3
+    assert enrollment["server_metrics"]["spreadout_after"] <= enrollment["server_metrics"]["spreadout_before"]
+    (published,) = (tmp_path / "sim" / "published").glob("*.weights.safetensors")
+    before, after = load_file(published), load_file(Path(result["final_model"]))
+    assert enrollment["version"] > 1 and set(before) == set(after)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
 def test_identity_mean_cosine_by_hand() -> None:
     emb = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     assert identity_mean_cosine(emb, ["a", "a", "b", "b"]) == pytest.approx(0.0)
