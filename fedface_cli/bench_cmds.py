@@ -68,7 +68,7 @@ def ingest(
 @app.command("fedface")
 def fedface(
     out: Path = typer.Option(Path("docs/results/fedface.json"), dir_okay=False, help="JSON results"),
-    quick: bool = typer.Option(False, "--quick", help="200 devices, 8 rounds, 1 seed, small model (~15 min)"),
+    quick: bool = typer.Option(False, "--quick", help="10 rounds of 50, 1 seed, 5 centralized epochs (~15 min)"),
     data: Path = typer.Option(Path("../shared/data"), envvar="FEDFACE_DATA", help="Face data root"),
     work_dir: Path = typer.Option(Path("fedface-data/bench-fedface"), help="Coordinator and device state"),
     rounds: int | None = typer.Option(None, min=1, help="Override the plan's rounds"),

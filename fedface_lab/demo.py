@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fedface_lab.bench_fedface import ExperimentPlan, default_params
+from fedface_lab.bench_fedface import ExperimentPlan, default_params, small_pretrain
 from fedface_lab.dev_eval import DevEvaluator
 from fedface_lab.model_cache import cached_pretrain
 from fedface_lab.simulate import RoundRecord, SimulationConfig, run_simulation
@@ -29,10 +29,10 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig) -> dict[str, object]:
     console = Console()
     started = time.perf_counter()
-    # The quick experiment's pretraining and its client and server settings.
+    # A small pretraining (about a minute) and the experiment's client and server settings.
     plan = ExperimentPlan.quick(cfg.data)
     console.rule("1. Pretraining on the operator's public data (CFP)")
-    model, cached = cached_pretrain(plan.pretrain)
+    model, cached = cached_pretrain(small_pretrain(cfg.data))
     console.print(f"model: {model} ({'reused from cache' if cached else 'trained now'})")
 
     console.rule("2. The pretrained model on the development pairs")
