@@ -207,6 +207,10 @@ def run_simulation(cfg: SimulationConfig, evaluate: Evaluator | None = None,
             if on_round:
                 on_round(record)
         for i in range(cfg.rounds):
+            # Again each round: an evaluation in between sets torch to every core,
+            # and two devices training with two threads each on two cores ran
+            # rounds half again slower.
+            torch.set_num_threads(threads)
             record = sim.run_round(i)
             version = record.version
             last = i + 1 == cfg.rounds
