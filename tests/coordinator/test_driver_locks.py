@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import psycopg
 
 from coordinator.context import build_context
@@ -18,7 +17,7 @@ from coordinator.engine.driver import RoundDriver
 from coordinator.settings import Settings
 from storage.repositories.rounds import RoundRepository
 from tests.support.fleet import delta_bytes, enroll, get_round, register_model, start_round
-from tests.support.live import LiveServer
+from tests.support.live import serving
 
 PASS_BOUND_S = 10.0  # a pass takes milliseconds; one stuck on the lock never ends
 
@@ -44,37 +43,27 @@ async def _one_pass(settings: Settings, round_id: int) -> str:
 
 
 def test_a_pass_over_a_round_not_due_does_not_wait_for_uploads(settings: Settings, database_url: str) -> None:
-    srv = LiveServer(settings, run_driver=False)
-    srv.start()
-    try:
-        with httpx.Client(base_url=srv.url, timeout=30) as api:
-            v1 = register_model(api)
-            (a,) = enroll(api, 1)
-            rnd = start_round(api, target_devices=2, min_devices=1)
-            a.check_in()
-            a.submit(rnd["id"], delta_bytes(1), base_version=v1["id"])
-            upload = _upload_holding_its_share_lock(database_url, rnd["id"])
-            try:
-                assert asyncio.run(_one_pass(settings, rnd["id"])) == "collecting"
-            finally:
-                upload.rollback()
-                upload.close()
-            assert get_round(api, rnd["id"])["state"] == "collecting"
-    finally:
-        srv.stop()
+    with serving(settings, run_driver=False) as api:
+        v1 = register_model(api)
+        (a,) = enroll(api, 1)
+        rnd = start_round(api, target_devices=2, min_devices=1)
+        a.check_in()
+        a.submit(rnd["id"], delta_bytes(1), base_version=v1["id"])
+        upload = _upload_holding_its_share_lock(database_url, rnd["id"])
+        try:
+            assert asyncio.run(_one_pass(settings, rnd["id"])) == "collecting"
+        finally:
+            upload.rollback()
+            upload.close()
+        assert get_round(api, rnd["id"])["state"] == "collecting"
 
 
 def test_a_due_round_is_still_closed_by_a_pass(settings: Settings) -> None:
-    srv = LiveServer(settings, run_driver=False)
-    srv.start()
-    try:
-        with httpx.Client(base_url=srv.url, timeout=30) as api:
-            v1 = register_model(api)
-            a, b = enroll(api, 2)
-            rnd = start_round(api, target_devices=2, min_devices=1)
-            for device, seed in ((a, 1), (b, 2)):
-                device.check_in()
-                device.submit(rnd["id"], delta_bytes(seed), base_version=v1["id"])
-            assert asyncio.run(_one_pass(settings, rnd["id"])) == "committed"
-    finally:
-        srv.stop()
+    with serving(settings, run_driver=False) as api:
+        v1 = register_model(api)
+        a, b = enroll(api, 2)
+        rnd = start_round(api, target_devices=2, min_devices=1)
+        for device, seed in ((a, 1), (b, 2)):
+            device.check_in()
+            device.submit(rnd["id"], delta_bytes(seed), base_version=v1["id"])
+        assert asyncio.run(_one_pass(settings, rnd["id"])) == "committed"

@@ -16,7 +16,7 @@ from coordinator.settings import Settings
 from fedface_common.tensors import decode
 from tests.conftest import ADMIN_TOKEN, REDIS_URL
 from tests.support.fleet import ADMIN, delta, delta_bytes, enroll, get_round, register_model, start_round, tiny_model
-from tests.support.live import LiveServer, wait_until
+from tests.support.live import LiveServer, serving, wait_until
 from tests.support.proc import CoordinatorProcess
 
 
@@ -74,36 +74,26 @@ def test_round_completes_after_the_coordinator_is_killed_mid_round(
 def test_aggregation_interrupted_by_a_crash_is_redone_once(settings: Settings, database_url: str) -> None:
     """A round left in `aggregating` (the process died while folding) is
     aggregated by the next driver; the old version stays served until then."""
-    srv = LiveServer(settings, run_driver=False)
-    srv.start()
-    try:
-        with httpx.Client(base_url=srv.url, timeout=30) as api:
-            v1 = register_model(api)
-            a, b = enroll(api, 2)
-            rnd = start_round(api, target_devices=2, min_devices=2)
-            a.check_in()
-            b.check_in()
-            a.submit(rnd["id"], delta_bytes(1), base_version=v1["id"])
-            b.submit(rnd["id"], delta_bytes(2), base_version=v1["id"])
-    finally:
-        srv.stop()
+    with serving(settings, run_driver=False) as api:
+        v1 = register_model(api)
+        a, b = enroll(api, 2)
+        rnd = start_round(api, target_devices=2, min_devices=2)
+        a.check_in()
+        b.check_in()
+        a.submit(rnd["id"], delta_bytes(1), base_version=v1["id"])
+        b.submit(rnd["id"], delta_bytes(2), base_version=v1["id"])
     engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
         conn.execute(text("UPDATE rounds SET state = 'aggregating', closed_at = now() WHERE id = :id"),
                      {"id": rnd["id"]})
     engine.dispose()
 
-    srv2 = LiveServer(settings)
-    srv2.start()
-    try:
-        with httpx.Client(base_url=srv2.url, timeout=30) as api:
-            wait_until(lambda: get_round(api, rnd["id"])["state"] == "committed", what="re-aggregation")
-            versions = api.get("/v1/admin/models", headers=ADMIN).json()
-            assert [v["id"] for v in versions if v["round_id"] == rnd["id"]] == [get_round(api, rnd["id"])[
-                "result_version_id"]]
-            assert get_round(api, rnd["id"])["accepted"] == 2
-    finally:
-        srv2.stop()
+    with serving(settings) as api:
+        wait_until(lambda: get_round(api, rnd["id"])["state"] == "committed", what="re-aggregation")
+        versions = api.get("/v1/admin/models", headers=ADMIN).json()
+        assert [v["id"] for v in versions if v["round_id"] == rnd["id"]] == [get_round(api, rnd["id"])[
+            "result_version_id"]]
+        assert get_round(api, rnd["id"])["accepted"] == 2
 
 
 def test_losing_redis_state_loses_no_accepted_update(server: LiveServer, redis_prefix: str) -> None:

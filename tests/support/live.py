@@ -6,6 +6,8 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import uvicorn
@@ -55,3 +57,15 @@ class LiveServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=30)
+
+
+@contextmanager
+def serving(settings: Settings, run_driver: bool = True) -> Iterator[httpx.Client]:
+    """A live coordinator for the block, and an HTTP client on it; stopped on exit."""
+    srv = LiveServer(settings, run_driver=run_driver)
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as api:
+            yield api
+    finally:
+        srv.stop()
