@@ -75,8 +75,7 @@ def full_pretrain(data: Path) -> PretrainConfig:
 
 def small_pretrain(data: Path) -> PretrainConfig:
     """48 px, 6 epochs: about a minute, for the demo, which shows the system rather than the science."""
-    return PretrainConfig(data=data / "cfp", out=Path("unused"), input_size=48, width=0.5, embedding_dim=128,
-                          epochs=6, batch_size=128, lr=0.1, seed=0)
+    return replace(full_pretrain(data), input_size=48, epochs=6)
 
 
 def default_params(population: int) -> dict[str, dict[str, Any]]:

@@ -112,9 +112,9 @@ class RoundDriver:
                 return rnd.state if rnd else FAILED
             accepted = await UpdateRepository(session).count(round_id)
             now = utcnow()
-            quorum = int(rnd.config["min_devices"])
+            target, quorum = int(rnd.config["target_devices"]), int(rnd.config["min_devices"])
             closing = rnd.stop_requested or now >= rnd.deadline_at
-            if accepted >= int(rnd.config["target_devices"]) or (closing and accepted >= quorum):
+            if accepted >= target or (closing and accepted >= quorum):
                 rnd.state, rnd.closed_at = AGGREGATING, now
                 log.info("round_closed", round_id=round_id, accepted=accepted)
             elif closing:
