@@ -39,6 +39,8 @@ POSITIVE_ALGORITHMS = frozenset({"fedface", "fedavg"})
 PRIVATE_ALGORITHM = "fedface-private"
 SUPPORTED_ALGORITHMS = POSITIVE_ALGORITHMS | {PRIVATE_ALGORITHM}
 DEFAULT_MARGIN = 0.9
+# The device's lr for w_c relative to the backbone's (params["wc_lr_scale"]).
+DEFAULT_WC_LR_SCALE = 1.0
 DEFAULT_K_NEGATIVES = 64
 DEFAULT_SCALE = 32.0
 DEFAULT_COSFACE_MARGIN = 0.35
@@ -169,6 +171,16 @@ def _optimizer(params: list[dict[str, Any]], cfg: TrainingConfig) -> torch.optim
     return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum)
 
 
+def trainable_parameters(model: nn.Module, frozen: list[str]) -> list[nn.Parameter]:
+    """The parameters local training may change: all but those named by a prefix in `frozen`.
+    A prefix that names nothing is an error: a typo would otherwise train what it meant to freeze."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    unmatched = [f for f in frozen if not any(name.startswith(f) for name, _ in named)]
+    if unmatched:
+        raise ValueError(f"frozen names match no parameter of the model: {unmatched}")
+    return [p for name, p in named if not any(name.startswith(f) for f in frozen)]
+
+
 # --- local training -----------------------------------------------------------------------
 
 
@@ -278,11 +290,12 @@ def train_local(
             return float(objective(embed(model, x, cfg.batch_size), w_c.detach(), everything))
 
     loss_before = full_loss()
-    backbone = [p for p in model.parameters() if p.requires_grad]
+    backbone = trainable_parameters(model, cfg.params.get("frozen") or [])
     # No weight decay on w_c: the loss only sees its direction, so decay would
     # merely shrink its norm and silently raise its effective learning rate.
+    wc_lr = cfg.learning_rate * float(cfg.params.get("wc_lr_scale", DEFAULT_WC_LR_SCALE))
     optimizer = _optimizer([{"params": backbone, "weight_decay": cfg.weight_decay},
-                            {"params": [w_c], "weight_decay": 0.0}], cfg)
+                            {"params": [w_c], "weight_decay": 0.0, "lr": wc_lr}], cfg)
     generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
     n, bs = len(x), cfg.batch_size
     max_grad_norm = float(cfg.params.get("max_grad_norm", DEFAULT_MAX_GRAD_NORM))

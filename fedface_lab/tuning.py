@@ -27,9 +27,14 @@ METRICS = ("accuracy", "tar@far=0.001", "tar@far=0.0001", "auc", "feature_mean_o
 
 
 def _value(raw: str) -> Any:
+    """A number, a JSON list (p.frozen='["bn_embedding.bias"]') or else the string itself."""
     try:
         return float(raw)
     except ValueError:
+        pass
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
         return raw
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from coordinator.strategies.base import Accumulator, AggregationResult, Strategy, StrategyParams
 from coordinator.strategies.collapse import mean_offdiagonal_cosine, normalise_rows
@@ -21,6 +21,15 @@ class PositiveLossParams(StrategyParams):
     """Client-side settings of the positive-only loss (FedAwS/FedFace)."""
 
     margin: float = Field(default=0.9, ge=-1, le=1, description="m in max(0, m - cos(f(x), w_c))^2")
+    wc_lr_scale: float = Field(
+        default=1.0, ge=0, le=100,
+        description="The device's learning rate for its own w_c, as a multiple of the backbone's (0 freezes w_c"
+        " on the device, so the backbone alone moves the features toward the server's spread-out target)",
+    )
+    frozen: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=64,
+        description="Model parameters the devices must not train, by name prefix (e.g. bn_embedding.bias)",
+    )
 
 
 class FedAvgStrategy(Strategy):

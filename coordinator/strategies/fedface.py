@@ -31,7 +31,8 @@ class FedFaceStrategy(FedAvgStrategy):
     Params = FedFaceParams
 
     def client_params(self) -> dict[str, Any]:
-        return {"margin": self.params.margin}  # type: ignore[attr-defined]
+        p: FedFaceParams = self.params  # type: ignore[assignment]
+        return {"margin": p.margin, "wc_lr_scale": p.wc_lr_scale, "frozen": p.frozen}
 
     def finalize(
         self, base: Mapping[str, np.ndarray], acc: Accumulator, class_embeddings: Mapping[uuid.UUID, np.ndarray]

@@ -238,6 +238,32 @@ def test_training_refuses_no_photos(model_file: bytes) -> None:
         train_local(decode_model(model_file).model, tensors.decode(model_file), torch.empty(0, 3, 32, 32), cfg())
 
 
+def test_wc_lr_scale_zero_keeps_wc_and_trains_the_backbone(model_file: bytes, photos: torch.Tensor) -> None:
+    w0 = -init_class_embedding(decode_model(model_file).model, photos).numpy()
+    result = train_local(decode_model(model_file).model, tensors.decode(model_file), photos,
+                         cfg("fedface", params={"wc_lr_scale": 0.0}), class_embedding=w0, seed=0)
+    np.testing.assert_allclose(result.class_embedding, w0 / np.linalg.norm(w0), atol=1e-6)
+    assert any(result.delta[k].any() for k in result.delta if k.endswith("conv.weight"))
+    moved = train_local(decode_model(model_file).model, tensors.decode(model_file), photos,
+                        cfg("fedface"), class_embedding=w0, seed=0)
+    assert not np.allclose(moved.class_embedding, w0 / np.linalg.norm(w0), atol=1e-3)
+
+
+def test_frozen_parameters_get_a_zero_delta(model_file: bytes, photos: torch.Tensor) -> None:
+    w0 = -init_class_embedding(decode_model(model_file).model, photos).numpy()
+    result = train_local(decode_model(model_file).model, tensors.decode(model_file), photos,
+                         cfg("fedface", params={"frozen": ["bn_embedding."]}), class_embedding=w0, seed=0)
+    frozen = [k for k in result.delta if k.startswith("bn_embedding.")]
+    assert frozen and all(not result.delta[k].any() for k in frozen)
+    assert any(result.delta[k].any() for k in result.delta if k.endswith("conv.weight"))
+
+
+def test_a_frozen_name_that_matches_nothing_is_refused(model_file: bytes, photos: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"match no parameter.*bn_embeding"):
+        train_local(decode_model(model_file).model, tensors.decode(model_file), photos,
+                    cfg("fedface", params={"frozen": ["bn_embeding."]}), seed=0)
+
+
 # --- device choice ------------------------------------------------------------------------
 
 

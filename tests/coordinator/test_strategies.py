@@ -164,3 +164,20 @@ def test_fedface_replaces_participant_rows_then_spreads_all_of_w() -> None:
     fedavg = make_strategy("fedavg").finalize(base, acc, old)
     np.testing.assert_allclose(fedavg.class_embeddings[uuid.UUID(int=1)], [0.0, 0.0, 1.0])
     assert set(fedavg.class_embeddings) == {uuid.UUID(int=1)}
+
+
+def test_fedface_sends_the_devices_their_loss_settings_and_nothing_server_side() -> None:
+    params = make_strategy("fedface", {"margin": 0.7, "wc_lr_scale": 0, "frozen": ["bn_embedding.bias"],
+                                       "server_lr": 2}).client_params()
+    assert params == {"margin": 0.7, "wc_lr_scale": 0.0, "frozen": ["bn_embedding.bias"]}
+
+
+@pytest.mark.parametrize(("bad", "field"), [
+    ({"wc_lr_scale": -0.5}, "wc_lr_scale"), ({"wc_lr_scale": 101}, "wc_lr_scale"),
+    ({"frozen": "bn_embedding.bias"}, "frozen"), ({"frozen": [""]}, "frozen"),
+    ({"frozen": ["x" * 201]}, "frozen"), ({"frozen": ["a"] * 65}, "frozen"),
+])
+def test_bad_device_loss_settings_are_refused(bad: dict, field: str) -> None:
+    for algorithm in ("fedface", "fedavg"):
+        with pytest.raises(StrategyConfigError, match=field):
+            make_strategy(algorithm, bad)
