@@ -8,8 +8,6 @@ evaluate everything on the development folds."""
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,6 +19,7 @@ import numpy as np
 
 from fedface_lab.centralized import CentralizedConfig, centralized_finetune
 from fedface_lab.dev_eval import DevEvaluator
+from fedface_lab.machine import float_kernels, machine_info
 from fedface_lab.model_cache import cached_pretrain
 from fedface_lab.pretrain import PretrainConfig
 from fedface_lab.simulate import RoundRecord, SimulationConfig, run_simulation
@@ -167,7 +166,7 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path,
         "pretrain": {k: str(v) for k, v in plan.pretrain.__dict__.items()},
         "rows": rows, "curves": curves, "fedface_gap_closed_tar@far=0.001": closed,
         "wall_s": round(time.perf_counter() - started, 1), "finished_at": datetime.now(UTC).isoformat(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {**machine_info(), **float_kernels()},
     }
 
 

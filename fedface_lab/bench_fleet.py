@@ -38,8 +38,9 @@ import psutil
 from rich.progress import Progress
 
 from fedface_common.wire import HEADER_BASE_VERSION, HEADER_NUM_SAMPLES
-from fedface_lab.bench_ingest import FINAL, BenchError, _advance, delta_bodies, machine_info, model_file, model_shapes
+from fedface_lab.bench_ingest import FINAL, BenchError, _advance, delta_bodies, model_file, model_shapes
 from fedface_lab.bench_servers import RssSampler, ServerProcess, backend_env, free_port
+from fedface_lab.machine import machine_info
 
 API = "/v1"
 ENDPOINTS = ("check_in", "download", "submit")

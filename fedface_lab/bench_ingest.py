@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import secrets
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from rich.progress import Progress
 from fedface_common.tensors import encode
 from fedface_common.wire import HEADER_BASE_VERSION, HEADER_NUM_SAMPLES, MANIFEST_METADATA_KEY
 from fedface_lab.bench_servers import MIB, RssSampler, ServerProcess, backend_env, free_port
+from fedface_lab.machine import machine_info
 
 API = "/v1"
 FINAL = ("committed", "failed", "cancelled")
@@ -249,14 +249,6 @@ def _rates(sent: Submitted) -> dict[str, float]:
         "max_ms": round(float(lat_ms.max()), 2),
         "wall_s": round(sent.wall_s, 3),
     }
-
-
-def machine_info() -> dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "cpu_count_physical": psutil.cpu_count(logical=False),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
-            "python": platform.python_version(),
-            # The machine may be shared: the load around the run says how much to trust the figures.
-            "load_avg_1m": round(psutil.getloadavg()[0], 2)}
 
 
 def run_ingest(cfg: IngestConfig, progress: Progress | None = None) -> dict[str, Any]:

@@ -7,7 +7,8 @@ keys: algorithm, epochs, batch, lr, per_round, seed, eval_every, enroll_round (0
 for an algorithm parameter (p.margin=0.7, p.server_lr=5, p.scale=16). The
 final evaluation (protocol A and B on the development folds, the only data
 tuned on) is appended as one JSON line to FEDFACE_TUNING_OUT (default
-docs/results/tuning.jsonl). The README's "what was tried" rows come from here."""
+docs/results/tuning.jsonl), with the CPU and kernel set it ran on, since the
+pretrained model differs between host classes. The README's "what was tried" rows come from here."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any
 
 from fedface_lab.bench_fedface import ExperimentPlan, default_params
 from fedface_lab.dev_eval import DevEvaluator
+from fedface_lab.machine import cpu_model, float_kernels
 from fedface_lab.model_cache import cached_pretrain
 from fedface_lab.simulate import RoundRecord, SimulationConfig, run_simulation
 
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     sim = run_simulation(cfg, DevEvaluator(data, rounds), on_round=on_round)
     final = sim["history"][-1]["eval"]
     out = {"name": name, "rounds": rounds, "args": argv[2:], "wall_s": time.time() - started,
-           **{k: final[k] for k in METRICS}}
+           **{k: final[k] for k in METRICS}, "cpu_model": cpu_model(), **float_kernels()}
     print("RESULT", json.dumps(out), flush=True)
     with Path(os.environ.get("FEDFACE_TUNING_OUT", "docs/results/tuning.jsonl")).open("a") as f:
         f.write(json.dumps(out) + "\n")
