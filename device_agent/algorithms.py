@@ -174,6 +174,9 @@ def _optimizer(params: list[dict[str, Any]], cfg: TrainingConfig) -> torch.optim
 def trainable_parameters(model: nn.Module, frozen: list[str]) -> list[nn.Parameter]:
     """The parameters local training may change: all but those named by a prefix in `frozen`.
     A prefix that names nothing is an error: a typo would otherwise train what it meant to freeze."""
+    # A bare string would iterate as one-letter prefixes and freeze nearly everything.
+    if not isinstance(frozen, list) or not all(isinstance(f, str) and f for f in frozen):
+        raise ValueError(f"frozen must be a list of parameter name prefixes, got {frozen!r}")
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     unmatched = [f for f in frozen if not any(name.startswith(f) for name, _ in named)]
     if unmatched:

@@ -264,6 +264,16 @@ def test_a_frozen_name_that_matches_nothing_is_refused(model_file: bytes, photos
                     cfg("fedface", params={"frozen": ["bn_embeding."]}), seed=0)
 
 
+@pytest.mark.parametrize("frozen", ["bn_embedding.", [""], [3], {"bn_embedding.": True}])
+def test_frozen_that_is_not_a_list_of_prefixes_is_refused(frozen: object, model_file: bytes,
+                                                          photos: torch.Tensor) -> None:
+    model = decode_model(model_file).model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="list of parameter name prefixes"):
+        train_local(model, tensors.decode(model_file), photos, cfg("fedface", params={"frozen": frozen}), seed=0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 # --- device choice ------------------------------------------------------------------------
 
 
