@@ -15,7 +15,8 @@ make the features of one person look like the average face (collapsing the
 positive-only loss trivially), and averaging those running statistics across
 devices would corrupt the global model. Frozen stats keep the forward pass
 identical to the one the server's model uses at inference; the running-stat
-tensors then come back with a zero delta.
+tensors then come back with a zero delta, except the embedding BN's when the
+strategy asks for `embedding_stats` (see embedding_stats.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from device_agent.embedding_stats import embedding_stat_deltas
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR, TrainingConfig
 
 DeviceChoice = Literal["auto", "cpu", "cuda", "mps"]
@@ -293,6 +295,8 @@ def train_local(
             return float(objective(embed(model, x, cfg.batch_size), w_c.detach(), everything))
 
     loss_before = full_loss()
+    # Measured on the model as received, so the server's mean is the statistics of one model.
+    stat_deltas = embedding_stat_deltas(model, x, cfg.batch_size) if cfg.params.get("embedding_stats") else {}
     backbone = trainable_parameters(model, cfg.params.get("frozen") or [])
     # No weight decay on w_c: the loss only sees its direction, so decay would
     # merely shrink its norm and silently raise its effective learning rate.
@@ -339,5 +343,10 @@ def train_local(
     }
     if objective.negatives is not None:
         metrics["k_negatives"] = len(objective.negatives)
-    return LocalResult(delta=float_delta(base, model), class_embedding=w_final.cpu().numpy().astype(np.float32),
+    delta = float_delta(base, model)
+    for name, value in stat_deltas.items():
+        if name not in delta or delta[name].shape != value.shape:
+            raise ValueError(f"the model file has no {name} of shape {value.shape}")
+        delta[name] = value
+    return LocalResult(delta=delta, class_embedding=w_final.cpu().numpy().astype(np.float32),
                        metrics=metrics)

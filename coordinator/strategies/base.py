@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fedface_common.tensors import TensorInfo, TensorSpec
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR
 
+# PyTorch's names for BatchNorm's running statistics (see device_agent/embedding_stats.py).
+BN_VARIANCE = ".running_var"
+BN_STATISTICS = (".running_mean", BN_VARIANCE)
+
 
 class StrategyConfigError(ValueError):
     pass
@@ -122,10 +126,15 @@ class Strategy(ABC):
         out: dict[str, np.ndarray] = {}
         for name, value in base.items():
             if name in acc.sums:
-                mean_delta = acc.sums[name] * (self.params.server_lr / acc.total_weight)
+                # BatchNorm statistics come back as averages to take, not descent directions to scale.
+                step = 1.0 if name.endswith(BN_STATISTICS) else self.params.server_lr
+                mean_delta = acc.sums[name] * (step / acc.total_weight)
                 # An overflow becomes Inf, which the round engine refuses to commit.
                 with np.errstate(over="ignore"):
-                    out[name] = (value.astype(np.float64) + mean_delta).astype(value.dtype)
+                    new = value.astype(np.float64) + mean_delta
+                if name.endswith(BN_VARIANCE):
+                    new = np.maximum(new, 0.0)  # devices' second moments are >= 0; a bad one must not make NaNs
+                out[name] = new.astype(value.dtype)
             else:
                 out[name] = value
         return out

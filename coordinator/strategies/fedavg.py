@@ -26,6 +26,11 @@ class PositiveLossParams(StrategyParams):
         description="The device's learning rate for its own w_c, as a multiple of the backbone's (0 freezes w_c"
         " on the device, so the backbone alone moves the features toward the server's spread-out target)",
     )
+    embedding_stats: bool = Field(
+        default=False,
+        description="Devices report their photos' moments at the embedding BatchNorm and the server takes their"
+        " sample-weighted mean as its running statistics: the embedding is re-centred on the devices' faces",
+    )
     frozen: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=64,
         description="Model parameters the devices must not train, by name prefix (e.g. bn_embedding.bias)",

@@ -32,7 +32,8 @@ class FedFaceStrategy(FedAvgStrategy):
 
     def client_params(self) -> dict[str, Any]:
         p: FedFaceParams = self.params  # type: ignore[assignment]
-        return {"margin": p.margin, "wc_lr_scale": p.wc_lr_scale, "frozen": p.frozen}
+        return {"margin": p.margin, "wc_lr_scale": p.wc_lr_scale, "frozen": p.frozen,
+                "embedding_stats": p.embedding_stats}
 
     def finalize(
         self, base: Mapping[str, np.ndarray], acc: Accumulator, class_embeddings: Mapping[uuid.UUID, np.ndarray]

@@ -168,8 +168,8 @@ def test_fedface_replaces_participant_rows_then_spreads_all_of_w() -> None:
 
 def test_fedface_sends_the_devices_their_loss_settings_and_nothing_server_side() -> None:
     params = make_strategy("fedface", {"margin": 0.7, "wc_lr_scale": 0, "frozen": ["bn_embedding.bias"],
-                                       "server_lr": 2}).client_params()
-    assert params == {"margin": 0.7, "wc_lr_scale": 0.0, "frozen": ["bn_embedding.bias"]}
+                                       "embedding_stats": True, "server_lr": 2}).client_params()
+    assert params == {"margin": 0.7, "wc_lr_scale": 0.0, "frozen": ["bn_embedding.bias"], "embedding_stats": True}
 
 
 @pytest.mark.parametrize(("bad", "field"), [
