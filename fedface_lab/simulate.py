@@ -203,6 +203,8 @@ def run_simulation(cfg: SimulationConfig, evaluate: Evaluator | None = None,
         if cfg.enrollment_round:
             record = sim.run_enrollment_round()
             version = record.version
+            if evaluate and cfg.rounds == 0:  # what the enrollment round alone did (e.g. embedding_stats)
+                record.eval = evaluate(sim.download(version, cfg.work_dir / f"model-v{version}.safetensors"), 0)
             history.append(record)
             if on_round:
                 on_round(record)

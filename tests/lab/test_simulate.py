@@ -85,6 +85,29 @@ def test_enrollment_round_sends_every_identity_before_any_training(tiny_model: P
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def test_enrollment_round_with_embedding_stats_recentres_only_the_embedding(tiny_model: Path, data_root: Path,
+                                                                           tmp_path: Path) -> None:
+    """With embedding_stats, round 0 sets the embedding BN's running statistics to the devices'
+    pooled moments (and changes nothing else); as the only round, it is the one evaluated."""
+    from fedface_common.tensors import load_file
+
+    pairs = _slice(data_root / "protocol" / "dev_pairs.txt", tmp_path / "pairs.txt", 20)
+    images = tmp_path / "images.txt"
+    images.write_text("\n".join((data_root / "protocol" / "dev_images.txt").read_text().splitlines()[:40]) + "\n")
+    cfg = SimulationConfig(model=tiny_model, data_root=data_root, work_dir=tmp_path / "sim", algorithm="fedface",
+                           devices=3, per_round=2, rounds=0, concurrency=1, batch_size=8, seed=3,
+                           enrollment_round=True, params={"embedding_stats": True})
+    result = run_simulation(cfg, DevEvaluator(data_root, 0, pairs_file=pairs, images_file=images))
+    (enrollment,) = result["history"]
+    assert "auc" in enrollment["eval"]
+    (published,) = (tmp_path / "sim" / "published").glob("*.weights.safetensors")
+    before, after = load_file(published), load_file(Path(result["final_model"]))
+    stats = {"bn_embedding.running_mean", "bn_embedding.running_var"}
+    assert all(not np.array_equal(before[k], after[k]) for k in stats)
+    assert all(np.array_equal(before[k], after[k]) for k in before if k not in stats)
+    assert (after["bn_embedding.running_var"] >= 0).all()
+
+
 def test_identity_mean_cosine_by_hand() -> None:
     emb = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     assert identity_mean_cosine(emb, ["a", "a", "b", "b"]) == pytest.approx(0.0)
