@@ -10,10 +10,10 @@ Each device instead reports, as the "delta" of the embedding BN's running
 statistics, its photos' mean input to that layer minus the model's running
 mean, and its second moment about the model's running mean minus the running
 variance. The server's sample-weighted mean of those deltas is then exactly
-the population's mean and its second moment about the old mean: one round sets
-the mean, and the variance's excess (old mean - new mean)^2 is gone the round
-after. What leaves the device is the same kind of thing as the class embedding
-FedFace already sends (an average of the owner's features), one per model.
+the population's mean and its second moment about the old mean, from which it
+takes the variance about the new mean: one round sets both. What leaves the
+device is the same kind of thing as the class embedding FedFace already sends
+(an average of the owner's features), one per model.
 
 Only the last BN is re-estimated: the others feed each other, and updating them
 all from one pass over stale inputs diverges."""

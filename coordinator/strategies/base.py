@@ -133,11 +133,22 @@ class Strategy(ABC):
                 with np.errstate(over="ignore"):
                     new = value.astype(np.float64) + mean_delta
                 if name.endswith(BN_VARIANCE):
-                    new = np.maximum(new, 0.0)  # devices' second moments are >= 0; a bad one must not make NaNs
+                    new = self._variance_about_new_mean(name, new, acc)
                 out[name] = new.astype(value.dtype)
             else:
                 out[name] = value
         return out
+
+    @staticmethod
+    def _variance_about_new_mean(name: str, second_moment: np.ndarray, acc: Accumulator) -> np.ndarray:
+        """Devices send second moments about the old running mean; the variance about the new mean is
+        that minus (new mean - old mean)^2 (parallel axis), so one round gives the population's variance.
+        Devices with frozen statistics send zeros for both, which leaves the variance as it was."""
+        mean_name = name[: -len(BN_VARIANCE)] + ".running_mean"
+        if mean_name in acc.sums:
+            shift = acc.sums[mean_name] / acc.total_weight
+            second_moment = second_moment - shift * shift
+        return np.maximum(second_moment, 0.0)  # a bad device must not make the model NaN
 
     @abstractmethod
     def finalize(

@@ -72,14 +72,15 @@ def test_training_sends_the_moments_only_when_asked(model_file: bytes) -> None:
         assert not plain.delta[name].any()  # frozen BN: statistics untouched unless asked
 
 
-@pytest.mark.parametrize("server_lr", [1.0, 5.0])
-def test_server_mean_of_device_deltas_is_the_pooled_statistics(model_file: bytes, server_lr: float) -> None:
-    """Two rounds: the first sets the pooled mean, the second (about that mean) the pooled variance.
+@pytest.mark.parametrize(("server_lr", "rounds"), [(1.0, 1), (5.0, 1), (1.0, 2)])
+def test_server_mean_of_device_deltas_is_the_pooled_statistics(model_file: bytes, server_lr: float,
+                                                               rounds: int) -> None:
+    """One round sets the pooled mean and variance; another changes nothing.
     server_lr scales weight deltas, never statistics."""
     devices = [_photos(n, 10 + i, shift=0.5 * i) for i, n in enumerate((2, 5, 9))]
     strategy = make_strategy("fedface", {"server_lr": server_lr, "embedding_stats": True})
     weights = tensors.decode(model_file)
-    for _ in range(2):
+    for _ in range(rounds):
         model = decode_model(tensors.encode(weights, metadata=tensors.read_header(model_file)[1])).model
         acc = Accumulator()
         for x in devices:
