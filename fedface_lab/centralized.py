@@ -36,7 +36,7 @@ class CentralizedConfig:
     max_identities: int | None = None  # the first N client identities (small runs)
 
 
-def _client_crops(data_root: Path, size: int, cache: CropCache,
+def client_crops(data_root: Path, size: int, cache: CropCache,
                   max_identities: int | None) -> tuple[np.ndarray, np.ndarray]:
     lfw = data_root / "lfw" / "lfw-deepfunneled"
     clients = [name for name, _ in read_clients(data_root / "protocol" / "clients.txt")][:max_identities]
@@ -50,7 +50,7 @@ def centralized_finetune(cfg: CentralizedConfig) -> Path:
     torch.set_num_threads(os.cpu_count() or 1)
     seed_everything(cfg.seed)
     model, manifest = load_model(cfg.pretrained)
-    crops_np, labels_np = _client_crops(cfg.data_root, manifest.input_size, CropCache(), cfg.max_identities)
+    crops_np, labels_np = client_crops(cfg.data_root, manifest.input_size, CropCache(), cfg.max_identities)
     crops, labels = torch.from_numpy(crops_np), torch.from_numpy(labels_np)
     classes = int(labels.max()) + 1
     head = MarginHead(manifest.embedding_dim, classes, "cosface", cfg.scale, cfg.margin)

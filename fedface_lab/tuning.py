@@ -3,7 +3,8 @@ pretrained model (cached) with the full plan's settings unless overridden.
 
     python -m fedface_lab.tuning NAME ROUNDS [key=value ...]
 
-keys: algorithm, epochs, batch, lr, per_round, seed, eval_every, enroll_round (0/1), and p.<name>
+keys: algorithm, epochs, batch, lr, per_round, seed, eval_every, enroll_round (0/1), model (a start
+other than the pretrained model), and p.<name>
 for an algorithm parameter (p.margin=0.7, p.server_lr=5, p.scale=16). The
 final evaluation (protocol A and B on the development folds, the only data
 tuned on) is appended as one JSON line to FEDFACE_TUNING_OUT (default
@@ -44,7 +45,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     name, rounds, overrides = argv[0], int(argv[1]), dict(a.split("=", 1) for a in argv[2:])
     data = Path(os.environ.get("FEDFACE_DATA", "../shared/data"))
     plan = ExperimentPlan.full(data)
-    model, _ = cached_pretrain(plan.pretrain)
+    # model=PATH starts from another model (e.g. one a tuning run produced) instead of the pretrained one.
+    model = Path(overrides.pop("model")) if "model" in overrides else cached_pretrain(plan.pretrain)[0]
     algorithm = overrides.pop("algorithm", "fedface")
     params = dict(default_params(plan.devices)[algorithm])
     params.update({k[2:]: _value(overrides.pop(k)) for k in list(overrides) if k.startswith("p.")})
