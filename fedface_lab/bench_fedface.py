@@ -129,6 +129,10 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path,
     central_row = _row("centralized", [evaluator(central, plan.rounds)], 0, time.perf_counter() - t0, None)
     log(f"centralized: {_fmt(central_row)}")
 
+    recentred_row = _recentred(plan, model, data, work_dir)
+    rows.append(recentred_row)
+    log(f"recentred: {_fmt(recentred_row)}")
+
     curves: dict[str, dict[str, list[Any]]] = {}
     for method in METHODS:
         evals, walls, bytes_up = [], [], []
@@ -160,14 +164,28 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path,
     rows.append(central_row)
     by = {r["method"]: r for r in rows}
     gap = by["centralized"]["tar@far=0.001"] - by["pretrained"]["tar@far=0.001"]
-    closed = (by["fedface"]["tar@far=0.001"] - by["pretrained"]["tar@far=0.001"]) / gap if gap > 0 else None
+    def closed_by(method: str) -> float | None:
+        return (by[method]["tar@far=0.001"] - by["pretrained"]["tar@far=0.001"]) / gap if gap > 0 else None
     return {
         "plan": {k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items() if k != "pretrain"},
         "pretrain": {k: str(v) for k, v in plan.pretrain.__dict__.items()},
-        "rows": rows, "curves": curves, "fedface_gap_closed_tar@far=0.001": closed,
+        "rows": rows, "curves": curves, "fedface_gap_closed_tar@far=0.001": closed_by("fedface"),
+        "recentred_gap_closed_tar@far=0.001": closed_by("recentred"),
         "wall_s": round(time.perf_counter() - started, 1), "finished_at": datetime.now(UTC).isoformat(),
         "machine": {**machine_info(), **float_kernels()},
     }
+
+
+def _recentred(plan: ExperimentPlan, model: Path, data: Path, work_dir: Path) -> dict[str, Any]:
+    """The pretrained model after one round of every device with `embedding_stats` and no training:
+    the embedding re-centred on the devices' faces (device_agent/embedding_stats.py). A baseline
+    for what FedFace's training adds; deterministic, so one run."""
+    sim = run_simulation(SimulationConfig(
+        model=model, data_root=data, work_dir=work_dir / "recentred", algorithm="fedface", devices=plan.devices,
+        rounds=0, enrollment_round=True, concurrency=plan.concurrency, batch_size=plan.batch_size,
+        params={**plan.params.get("fedface", {}), "embedding_stats": True}), DevEvaluator(data, 0))
+    (record,) = sim["history"]
+    return _row("recentred", [record["eval"]], 0, sim["wall_s"], record["bytes_up_per_device"])
 
 
 def _fmt(m: dict[str, Any]) -> str:
