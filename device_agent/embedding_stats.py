@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-EMBEDDING_BN = "bn_embedding"
-STAT_TENSORS = (f"{EMBEDDING_BN}.running_mean", f"{EMBEDDING_BN}.running_var")
+from fedface_common.wire import EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR
+
+EMBEDDING_BN = EMBEDDING_BN_MEAN.split(".")[0]
+STAT_TENSORS = (EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR)
 
 
 def embedding_bn(model: nn.Module) -> nn.BatchNorm1d:

@@ -16,6 +16,10 @@ HEADER_CLIENT_METRICS = "X-FedFace-Client-Metrics"
 
 # Names of tensors in an update that are not backbone deltas.
 CLASS_EMBEDDING_TENSOR = "fedface.class_embedding"
+# The embedding BatchNorm's running statistics: with `embedding_stats`, their
+# "deltas" are the device's moments, averaged rather than stepped along.
+EMBEDDING_BN_MEAN = "bn_embedding.running_mean"
+EMBEDDING_BN_VAR = "bn_embedding.running_var"
 MANIFEST_METADATA_KEY = "fedface.manifest"
 # Pretraining writes non-trainable extras into the model file under this prefix;
 # the coordinator serves the weights without them and the centres separately.

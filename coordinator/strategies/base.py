@@ -15,11 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedface_common.tensors import TensorInfo, TensorSpec
-from fedface_common.wire import CLASS_EMBEDDING_TENSOR
-
-# PyTorch's names for BatchNorm's running statistics (see device_agent/embedding_stats.py).
-BN_VARIANCE = ".running_var"
-BN_STATISTICS = (".running_mean", BN_VARIANCE)
+from fedface_common.wire import CLASS_EMBEDDING_TENSOR, EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR
 
 
 class StrategyConfigError(ValueError):
@@ -123,30 +119,29 @@ class Strategy(ABC):
         """base + server_lr x weighted mean of the deltas; tensors no update touched stay as they were."""
         if acc.count == 0:
             raise ValueError("no updates to aggregate")
+        # With embedding_stats the embedding BN's "deltas" are moments: averages to take, not steps to scale.
+        statistics = (EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR) if getattr(self.params, "embedding_stats", False) else ()
         out: dict[str, np.ndarray] = {}
         for name, value in base.items():
             if name in acc.sums:
-                # BatchNorm statistics come back as averages to take, not descent directions to scale.
-                step = 1.0 if name.endswith(BN_STATISTICS) else self.params.server_lr
+                step = 1.0 if name in statistics else self.params.server_lr
                 mean_delta = acc.sums[name] * (step / acc.total_weight)
                 # An overflow becomes Inf, which the round engine refuses to commit.
                 with np.errstate(over="ignore"):
                     new = value.astype(np.float64) + mean_delta
-                if name.endswith(BN_VARIANCE):
-                    new = self._variance_about_new_mean(name, new, acc)
+                if name == EMBEDDING_BN_VAR and statistics:
+                    new = self._variance_about_new_mean(new, acc)
                 out[name] = new.astype(value.dtype)
             else:
                 out[name] = value
         return out
 
     @staticmethod
-    def _variance_about_new_mean(name: str, second_moment: np.ndarray, acc: Accumulator) -> np.ndarray:
+    def _variance_about_new_mean(second_moment: np.ndarray, acc: Accumulator) -> np.ndarray:
         """Devices send second moments about the old running mean; the variance about the new mean is
-        that minus (new mean - old mean)^2 (parallel axis), so one round gives the population's variance.
-        Devices with frozen statistics send zeros for both, which leaves the variance as it was."""
-        mean_name = name[: -len(BN_VARIANCE)] + ".running_mean"
-        if mean_name in acc.sums:
-            shift = acc.sums[mean_name] / acc.total_weight
+        that minus (new mean - old mean)^2 (parallel axis), so one round gives the population's variance."""
+        if EMBEDDING_BN_MEAN in acc.sums:
+            shift = acc.sums[EMBEDDING_BN_MEAN] / acc.total_weight
             second_moment = second_moment - shift * shift
         return np.maximum(second_moment, 0.0)  # a bad device must not make the model NaN
 

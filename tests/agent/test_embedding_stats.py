@@ -98,3 +98,15 @@ def test_server_clamps_a_negative_variance(model_file: bytes) -> None:
     acc = Accumulator()
     strategy.fold(acc, uuid.uuid4(), bad, 3)
     assert (strategy.apply_mean_delta(weights, acc)[STAT_TENSORS[1]] == 0).all()
+
+
+@pytest.mark.parametrize("strategy_name", ["fedface", "fedavg-plain"])
+def test_without_embedding_stats_the_statistics_are_ordinary_deltas(model_file: bytes, strategy_name: str) -> None:
+    """Other clients (e.g. ones training BN as usual) keep plain FedAvg: server_lr applies, no variance rule."""
+    strategy = make_strategy(strategy_name, {"server_lr": 2.0})
+    weights = tensors.decode(model_file)
+    acc = Accumulator()
+    strategy.fold(acc, uuid.uuid4(), {name: np.ones_like(weights[name]) for name in STAT_TENSORS}, 3)
+    out = strategy.apply_mean_delta(weights, acc)
+    for name in STAT_TENSORS:
+        np.testing.assert_allclose(out[name], weights[name] + 2.0, rtol=1e-6)
