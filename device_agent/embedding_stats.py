@@ -11,9 +11,14 @@ statistics, its photos' mean input to that layer minus the model's running
 mean, and its second moment about the model's running mean minus the running
 variance. The server's sample-weighted mean of those deltas is then exactly
 the population's mean and its second moment about the old mean, from which it
-takes the variance about the new mean: one round sets both. What leaves the
-device is the same kind of thing as the class embedding FedFace already sends
-(an average of the owner's features), one per model.
+takes the variance about the new mean: one round sets both.
+
+Privacy: this sends the mean and the per-dimension second moment of the
+owner's embeddings before normalisation. The mean is about what FedFace's w_c
+already reveals (a new device's w_c is its normalised mean feature); the second
+moment adds how the owner's photos spread. Opt-in for that reason, and the
+reason a sum-only (secure) aggregation of these tensors would be the way to
+run it in production.
 
 Only the last BN is re-estimated: the others feed each other, and updating them
 all from one pass over stale inputs diverges."""

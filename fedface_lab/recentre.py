@@ -13,7 +13,6 @@ would add. Appends one JSON line to FEDFACE_TUNING_OUT like tuning.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -28,8 +27,7 @@ from fedface_common.face.preprocess import normalise_uint8
 from fedface_lab.centralized import client_crops
 from fedface_lab.datasets import CropCache
 from fedface_lab.dev_eval import DevEvaluator
-from fedface_lab.machine import cpu_model, float_kernels
-from fedface_lab.tuning import METRICS
+from fedface_lab.tuning import record_result
 
 
 def recentre(model_path: Path, data: Path, out: Path) -> Path:
@@ -52,12 +50,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     started = time.time()
     out_model = recentre(model_path, data, Path(os.environ.get("TMPDIR", "/tmp")) / f"recentred-{name}.safetensors")
     final = DevEvaluator(data, 0)(out_model, 0)
-    out = {"name": name, "rounds": 0, "args": [f"recentre {model_path}"], "wall_s": time.time() - started,
-           **{k: final[k] for k in METRICS}, "cpu_model": cpu_model(), **float_kernels()}
-    print("RESULT", json.dumps(out), flush=True)
-    with Path(os.environ.get("FEDFACE_TUNING_OUT", "docs/results/tuning.jsonl")).open("a") as f:
-        f.write(json.dumps(out) + "\n")
-    return out
+    return record_result(name, 0, [f"recentre {model_path}"], time.time() - started, final)
 
 
 if __name__ == "__main__":

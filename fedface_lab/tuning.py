@@ -67,8 +67,12 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     started = time.time()
     sim = run_simulation(cfg, DevEvaluator(data, rounds), on_round=on_round)
-    final = sim["history"][-1]["eval"]
-    out = {"name": name, "rounds": rounds, "args": argv[2:], "wall_s": time.time() - started,
+    return record_result(name, rounds, argv[2:], time.time() - started, sim["history"][-1]["eval"])
+
+
+def record_result(name: str, rounds: int, args: list[str], wall_s: float, final: dict[str, Any]) -> dict[str, Any]:
+    """Print one run's final evaluation and append it to FEDFACE_TUNING_OUT, with the host it ran on."""
+    out = {"name": name, "rounds": rounds, "args": args, "wall_s": wall_s,
            **{k: final[k] for k in METRICS}, "cpu_model": cpu_model(), **float_kernels()}
     print("RESULT", json.dumps(out), flush=True)
     with Path(os.environ.get("FEDFACE_TUNING_OUT", "docs/results/tuning.jsonl")).open("a") as f:
