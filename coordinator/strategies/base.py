@@ -126,12 +126,12 @@ class Strategy(ABC):
             if name in acc.sums:
                 step = 1.0 if name in statistics else self.params.server_lr
                 mean_delta = acc.sums[name] * (step / acc.total_weight)
-                # An overflow becomes Inf, which the round engine refuses to commit.
-                with np.errstate(over="ignore"):
-                    new = value.astype(np.float64) + mean_delta
+                new = value.astype(np.float64) + mean_delta
                 if name == EMBEDDING_BN_VAR and statistics:
                     new = self._variance_about_new_mean(new, acc)
-                out[name] = new.astype(value.dtype)
+                # An overflow becomes Inf, which the round engine refuses to commit.
+                with np.errstate(over="ignore"):
+                    out[name] = new.astype(value.dtype)
             else:
                 out[name] = value
         return out
