@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from device_agent.algorithms import freeze_batchnorm
 from fedface_common.face.checkpoint import CLASS_CENTRES, load_model, save_model
 from fedface_common.face.preprocess import normalise_uint8
 from fedface_lab.datasets import CropCache, load_crop, read_clients
@@ -34,6 +35,10 @@ class CentralizedConfig:
     seed: int = 0
     progress: bool = True
     max_identities: int | None = None  # the first N client identities (small runs)
+    # BatchNorm statistics stay the pretrained model's, as in every federated method. Re-estimating
+    # them in train mode on batches of the clients' photos lowered TAR at FAR 1e-3 from 0.036 to 0.014
+    # on the Xeon host, while frozen statistics gave 0.099 (README, the full plan on that host).
+    freeze_bn_stats: bool = True
 
 
 def client_crops(data_root: Path, size: int, cache: CropCache,
@@ -72,7 +77,10 @@ def centralized_finetune(cfg: CentralizedConfig) -> Path:
     with make_progress(cfg.progress) as bar:
         task = bar.add_task("centralized fine-tuning", total=total)
         for epoch in range(cfg.epochs):
-            model.train()
+            if cfg.freeze_bn_stats:
+                freeze_batchnorm(model)
+            else:
+                model.train()
             order = torch.randperm(n, generator=gen)
             flips = torch.rand(n, generator=gen) < 0.5
             for step in range(steps_per_epoch):

@@ -123,3 +123,10 @@ def test_centralized_finetune_on_a_slice(tiny_model: Path, data_root: Path, tmp_
                                                  max_identities=8, progress=False))
     assert load_manifest(out).notes["finetuned"].startswith("centralized")
     assert load_class_centres(out).shape == (8, 32)
+    # BatchNorm statistics stay the pretrained model's (as in the federated methods); weights move.
+    from fedface_common.tensors import load_file
+
+    before, after = load_file(tiny_model), load_file(out)
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(np.array_equal(before[k], after[k]) for k in stats)
+    assert not all(np.array_equal(before[k], after[k]) for k in before if k.endswith("conv.weight"))
