@@ -42,7 +42,7 @@ class CentralizedConfig:
 
 
 def client_crops(data_root: Path, size: int, cache: CropCache,
-                  max_identities: int | None) -> tuple[np.ndarray, np.ndarray]:
+                 max_identities: int | None) -> tuple[np.ndarray, np.ndarray]:
     lfw = data_root / "lfw" / "lfw-deepfunneled"
     clients = [name for name, _ in read_clients(data_root / "protocol" / "clients.txt")][:max_identities]
     files = [(k, f) for k, name in enumerate(clients) for f in sorted((lfw / name).iterdir())
