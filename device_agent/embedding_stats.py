@@ -45,6 +45,8 @@ def embedding_bn(model: nn.Module) -> nn.BatchNorm1d:
 def embedding_stat_deltas(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
     """The running-statistics "deltas" of the embedding BN for the photos x (see module doc), computed
     in eval mode with the model as it is now (call it before local training changes the backbone)."""
+    if len(x) == 0:
+        raise ValueError("no photos to measure")
     bn = embedding_bn(model)
     assert bn.running_mean is not None and bn.running_var is not None  # checked by embedding_bn
     mean0 = bn.running_mean.detach().to(torch.float64)
@@ -68,8 +70,6 @@ def embedding_stat_deltas(model: nn.Module, x: torch.Tensor, batch_size: int = 6
         hook.remove()
         model.train(was_training)
     n = len(x)
-    if n == 0:
-        raise ValueError("no photos to measure")
     deltas = {STAT_TENSORS[0]: first / n, STAT_TENSORS[1]: second / n - var0}
     out = {name: d.cpu().numpy().astype(np.float32) for name, d in deltas.items()}
     if not all(np.isfinite(v).all() for v in out.values()):

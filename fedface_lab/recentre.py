@@ -3,8 +3,8 @@
     python -m fedface_lab.recentre NAME MODEL
 
 re-estimates MODEL's embedding BatchNorm statistics from all client photos at
-once, with the device's own code (all photos as one "device"), applies them as
-the server does (mean, then the variance about it), and evaluates the result on
+once, with the device's own code (all photos as one "device"), applies them
+with the server's strategy (mean, then the variance about it), and evaluates the result on
 the development folds. One federated round of every device with
 `embedding_stats` computes the same statistics (the server's sample-weighted
 mean of per-device moments is the pooled moment), so the two should agree;
@@ -16,13 +16,15 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from device_agent.embedding_stats import STAT_TENSORS, embedding_bn, embedding_stat_deltas
-from fedface_common.face.checkpoint import load_model, save_model
+from coordinator.strategies import Accumulator, make_strategy
+from device_agent.embedding_stats import embedding_stat_deltas
+from fedface_common.face.checkpoint import load_model, load_numpy_state, model_to_numpy, save_model
 from fedface_common.face.preprocess import normalise_uint8
 from fedface_lab.centralized import client_crops
 from fedface_lab.datasets import CropCache
@@ -35,12 +37,11 @@ def recentre(model_path: Path, data: Path, out: Path) -> Path:
     crops, _ = client_crops(data, manifest.input_size, CropCache(), None)
     x = normalise_uint8(torch.from_numpy(crops), manifest)
     deltas = embedding_stat_deltas(model, x, batch_size=256)
-    bn = embedding_bn(model)
-    assert bn.running_mean is not None and bn.running_var is not None
-    shift = torch.from_numpy(deltas[STAT_TENSORS[0]])
-    with torch.no_grad():
-        bn.running_var.add_(torch.from_numpy(deltas[STAT_TENSORS[1]]) - shift * shift).clamp_(min=0)
-        bn.running_mean.add_(shift)
+    # The server's own rule, fed the pooled photos as one device's update.
+    strategy = make_strategy("fedface", {"embedding_stats": True})
+    acc = Accumulator()
+    strategy.fold(acc, uuid.uuid4(), deltas, len(x))
+    load_numpy_state(model, strategy.apply_mean_delta(model_to_numpy(model), acc))
     return save_model(out, model.eval(), manifest)
 
 
