@@ -16,7 +16,8 @@ positive-only loss trivially), and averaging those running statistics across
 devices would corrupt the global model. Frozen stats keep the forward pass
 identical to the one the server's model uses at inference; the running-stat
 tensors then come back with a zero delta, except the embedding BN's when the
-strategy asks for `embedding_stats` (see embedding_stats.py).
+strategy asks for `embedding_stats`, and the update carries two moment matrices
+besides when it asks for `embedding_lda_dims` (see embedding_stats.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from device_agent.embedding_stats import embedding_stat_deltas
+from device_agent.embedding_stats import embedding_scatter, embedding_stat_deltas
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR, TrainingConfig
 
 DeviceChoice = Literal["auto", "cpu", "cuda", "mps"]
@@ -297,6 +298,9 @@ def train_local(
     loss_before = full_loss()
     # Measured on the model as received, so the server's mean is the statistics of one model.
     stat_deltas = embedding_stat_deltas(model, x, cfg.batch_size) if cfg.params.get("embedding_stats") else {}
+    # Not model tensors: the discriminant's moments ride beside the deltas (see embedding_stats.py).
+    scatter = (embedding_scatter(model, x, cfg.batch_size)
+               if cfg.params.get("embedding_lda_dims") is not None else {})
     backbone = trainable_parameters(model, cfg.params.get("frozen") or [])
     # No weight decay on w_c: the loss only sees its direction, so decay would
     # merely shrink its norm and silently raise its effective learning rate.
@@ -348,5 +352,6 @@ def train_local(
         if name not in delta or delta[name].shape != value.shape:
             raise ValueError(f"the model file has no {name} of shape {value.shape}")
         delta[name] = value
+    delta.update(scatter)
     return LocalResult(delta=delta, class_embedding=w_final.cpu().numpy().astype(np.float32),
                        metrics=metrics)

@@ -18,7 +18,9 @@ owner's embeddings before normalisation. The mean is about what FedFace's w_c
 already reveals (a new device's w_c is its normalised mean feature); the second
 moment adds how the owner's photos spread. Opt-in for that reason, and the
 reason a sum-only (secure) aggregation of these tensors would be the way to
-run it in production.
+run it in production. `embedding_scatter` (for the discriminant transform) sends
+the full (d, d) second moment and the within-person scatter: more again, and
+opt-in for the same reason.
 
 Only the last BN is re-estimated: the others feed each other, and updating them
 all from one pass over stale inputs diverges."""
@@ -29,7 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedface_common.wire import EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR
+from fedface_common.wire import (
+    EMBEDDING_BN_MEAN,
+    EMBEDDING_BN_VAR,
+    EMBEDDING_SECOND_MOMENT,
+    EMBEDDING_WITHIN_SCATTER,
+)
 
 EMBEDDING_BN = EMBEDDING_BN_MEAN.split(".")[0]
 STAT_TENSORS = (EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR)
@@ -42,26 +49,21 @@ def embedding_bn(model: nn.Module) -> nn.BatchNorm1d:
     return bn
 
 
-def embedding_stat_deltas(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """The running-statistics "deltas" of the embedding BN for the photos x (see module doc), computed
-    in eval mode with the model as it is now (call it before local training changes the backbone)."""
+def pre_bn_embeddings(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The photos' inputs to the embedding BN (N, d) in float64, computed in eval mode with the model as
+    it is now (call it before local training changes the backbone). A device holds a few hundred photos
+    at most, so keeping them costs less than one model copy."""
     if len(x) == 0:
         raise ValueError("no photos to measure")
     bn = embedding_bn(model)
-    assert bn.running_mean is not None and bn.running_var is not None  # checked by embedding_bn
-    mean0 = bn.running_mean.detach().to(torch.float64)
-    var0 = bn.running_var.detach().to(torch.float64)
-    first = torch.zeros_like(mean0)
-    second = torch.zeros_like(mean0)
+    parts: list[torch.Tensor] = []
 
-    def accumulate(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        centred = inputs[0].detach().to(torch.float64) - mean0
-        first.add_(centred.sum(dim=0))
-        second.add_((centred * centred).sum(dim=0))
+    def keep(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        parts.append(inputs[0].detach().to(torch.float64))
 
     was_training = model.training
     model.eval()
-    hook = bn.register_forward_pre_hook(accumulate)
+    hook = bn.register_forward_pre_hook(keep)
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
@@ -69,9 +71,36 @@ def embedding_stat_deltas(model: nn.Module, x: torch.Tensor, batch_size: int = 6
     finally:
         hook.remove()
         model.train(was_training)
-    n = len(x)
-    deltas = {STAT_TENSORS[0]: first / n, STAT_TENSORS[1]: second / n - var0}
-    out = {name: d.cpu().numpy().astype(np.float32) for name, d in deltas.items()}
+    return torch.cat(parts)
+
+
+def _finite(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not all(np.isfinite(v).all() for v in out.values()):
         raise ValueError("the embedding statistics are not finite")
     return out
+
+
+def embedding_stat_deltas(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """The running-statistics "deltas" of the embedding BN for the photos x (see module doc)."""
+    z = pre_bn_embeddings(model, x, batch_size)
+    bn = embedding_bn(model)
+    assert bn.running_mean is not None and bn.running_var is not None  # checked by embedding_bn
+    centred = z - bn.running_mean.detach().to(torch.float64)
+    deltas = {STAT_TENSORS[0]: centred.mean(dim=0),
+              STAT_TENSORS[1]: (centred * centred).mean(dim=0) - bn.running_var.detach().to(torch.float64)}
+    return _finite({name: d.cpu().numpy().astype(np.float32) for name, d in deltas.items()})
+
+
+def embedding_scatter(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """The per-photo (d, d) moments that `embedding_lda_dims` needs (coordinator/strategies/discriminant.py):
+    the second moment about the model's running mean (summed over devices: the population's scatter) and
+    the scatter about the photos' own mean (this person's within-class scatter)."""
+    z = pre_bn_embeddings(model, x, batch_size)
+    bn = embedding_bn(model)
+    assert bn.running_mean is not None  # checked by embedding_bn
+    about_running = z - bn.running_mean.detach().to(torch.float64)
+    about_own = z - z.mean(dim=0)
+    n = len(z)
+    moments = {EMBEDDING_SECOND_MOMENT: about_running.T @ about_running / n,
+               EMBEDDING_WITHIN_SCATTER: about_own.T @ about_own / n}
+    return _finite({name: m.cpu().numpy().astype(np.float32) for name, m in moments.items()})

@@ -20,6 +20,15 @@ CLASS_EMBEDDING_TENSOR = "fedface.class_embedding"
 # "deltas" are the device's moments, averaged rather than stepped along.
 EMBEDDING_BN_MEAN = "bn_embedding.running_mean"
 EMBEDDING_BN_VAR = "bn_embedding.running_var"
+EMBEDDING_BN_WEIGHT = "bn_embedding.weight"
+EMBEDDING_BN_BIAS = "bn_embedding.bias"
+# The 1x1 convolution whose output the embedding BatchNorm normalises.
+EMBEDDING_PROJECTION = "project.weight"
+# With `embedding_lda_dims`, two (d, d) moments of the device's pre-BatchNorm
+# embeddings, per photo: the second moment about the model's running mean, and
+# the within-class scatter (about the device's own mean; one device, one person).
+EMBEDDING_SECOND_MOMENT = "fedface.embedding_second_moment"
+EMBEDDING_WITHIN_SCATTER = "fedface.embedding_within_scatter"
 MANIFEST_METADATA_KEY = "fedface.manifest"
 # Pretraining writes non-trainable extras into the model file under this prefix;
 # the coordinator serves the weights without them and the centres separately.

@@ -41,10 +41,11 @@ class CentralizedConfig:
     freeze_bn_stats: bool = True
 
 
-def client_crops(data_root: Path, size: int, cache: CropCache,
-                 max_identities: int | None) -> tuple[np.ndarray, np.ndarray]:
+def client_crops(data_root: Path, size: int, cache: CropCache, max_identities: int | None,
+                 names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every photo of the client identities (`names`, else the first `max_identities`), labelled 0..k-1."""
     lfw = data_root / "lfw" / "lfw-deepfunneled"
-    clients = [name for name, _ in read_clients(data_root / "protocol" / "clients.txt")][:max_identities]
+    clients = names or [name for name, _ in read_clients(data_root / "protocol" / "clients.txt")][:max_identities]
     files = [(k, f) for k, name in enumerate(clients) for f in sorted((lfw / name).iterdir())
              if f.suffix.lower() in IMAGE_SUFFIXES]
     crops = np.stack([np.asarray(load_crop(f, "center", size, cache), dtype=np.uint8) for _, f in files])

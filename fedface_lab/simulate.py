@@ -123,9 +123,7 @@ class Simulation:
 
     def enroll(self, progress: Callable[[int], None] | None = None) -> None:
         cfg = self.cfg
-        clients = read_clients(cfg.data_root / "protocol" / "clients.txt")
-        rng = random.Random(cfg.seed)
-        chosen = rng.sample(clients, min(cfg.devices, len(clients)))
+        chosen = choose_clients(cfg.data_root, cfg.devices, cfg.seed)
         manifest = load_manifest(cfg.model)
         pipeline = FacePipeline(size=manifest.input_size, mode=cfg.input_mode)  # type: ignore[arg-type]
         token = str(self.admin.issue_token(max_uses=len(chosen), note="simulation")["token"])
@@ -185,6 +183,12 @@ class Simulation:
     def download(self, version: int, path: Path) -> Path:
         self.admin.download_model(version, path)
         return path
+
+
+def choose_clients(data_root: Path, devices: int, seed: int) -> list[tuple[str, int]]:
+    """The client identities (name, photo count) a simulation with this seed gives devices to."""
+    clients = read_clients(data_root / "protocol" / "clients.txt")
+    return random.Random(seed).sample(clients, min(devices, len(clients)))
 
 
 def run_simulation(cfg: SimulationConfig, evaluate: Evaluator | None = None,

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.context import AppContext
 from coordinator.errors import InvalidConfig, InvalidRoundState, NoServedModel, RoundActive, RoundNotFound
 from coordinator.schemas import RoundConfig, RoundOut
+from coordinator.services import models as model_service
 from coordinator.strategies import make_strategy
 from coordinator.strategies.base import StrategyConfigError
 from storage.db import utcnow
@@ -42,6 +43,10 @@ async def start(session: AsyncSession, ctx: AppContext, actor: str, config: Roun
     assert version is not None
     if strategy.ships_class_centres and version.class_centres_sha256 is None:
         raise InvalidConfig(f"{config.algorithm} needs class centres attached to model version {served}")
+    try:  # what the updates must hold depends on the model too (e.g. embedding_lda_dims <= its width)
+        strategy.update_spec(model_service.tensor_spec(version), model_service.embedding_dim(version))
+    except ValueError as exc:
+        raise InvalidConfig(f"{config.algorithm} cannot train model version {served}: {exc}") from exc
     rounds = RoundRepository(session)
     if await rounds.active() is not None:
         raise RoundActive()

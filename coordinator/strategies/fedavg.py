@@ -11,10 +11,13 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from coordinator.strategies.base import Accumulator, AggregationResult, Strategy, StrategyParams
 from coordinator.strategies.collapse import mean_offdiagonal_cosine, normalise_rows
+from coordinator.strategies.discriminant import discriminant_transform, fold_into_embedding
+from fedface_common.tensors import TensorInfo, TensorSpec
+from fedface_common.wire import EMBEDDING_BN_MEAN, EMBEDDING_SECOND_MOMENT, EMBEDDING_WITHIN_SCATTER
 
 
 class PositiveLossParams(StrategyParams):
@@ -31,10 +34,27 @@ class PositiveLossParams(StrategyParams):
         description="Devices report their photos' moments at the embedding BatchNorm and the server takes their"
         " sample-weighted mean as its running statistics: the embedding is re-centred on the devices' faces",
     )
+    embedding_lda_dims: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="Devices also report their within-person scatter at the embedding, and the server folds the"
+        " linear discriminant of the identities, keeping this many dimensions, into the embedding layer"
+        " (strategies/discriminant.py). Needs embedding_stats",
+    )
+    embedding_lda_shrinkage: float = Field(
+        default=0.1, ge=0, le=100,
+        description="Multiple of the within-class scatter's mean eigenvalue added to its diagonal before LDA",
+    )
     frozen: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=64,
         description="Model parameters the devices must not train, by name prefix (e.g. bn_embedding.bias)",
     )
+
+
+    @model_validator(mode="after")
+    def _lda_needs_the_mean(self) -> PositiveLossParams:
+        if self.embedding_lda_dims is not None and not self.embedding_stats:
+            raise ValueError("embedding_lda_dims needs embedding_stats (the discriminant is about the new mean)")
+        return self
 
 
 class FedAvgStrategy(Strategy):
@@ -42,10 +62,35 @@ class FedAvgStrategy(Strategy):
     Params = PositiveLossParams
     uses_class_embeddings: ClassVar[bool] = True
 
+    def update_spec(self, model_spec: TensorSpec, embedding_dim: int | None) -> TensorSpec:
+        spec = super().update_spec(model_spec, embedding_dim)
+        if self.params.embedding_lda_dims is not None:  # type: ignore[attr-defined]
+            if embedding_dim is None or self.params.embedding_lda_dims > embedding_dim:  # type: ignore[attr-defined]
+                raise ValueError(f"embedding_lda_dims exceeds the model's embedding dimension {embedding_dim}")
+            for name in (EMBEDDING_SECOND_MOMENT, EMBEDDING_WITHIN_SCATTER):
+                spec[name] = TensorInfo("F32", (embedding_dim, embedding_dim))
+        return spec
+
+    def aggregate_weights(self, base: Mapping[str, np.ndarray], acc: Accumulator) -> dict[str, np.ndarray]:
+        """The mean delta applied, then (with embedding_lda_dims) the discriminant folded in."""
+        weights = self.apply_mean_delta(base, acc)
+        p: PositiveLossParams = self.params  # type: ignore[assignment]
+        if p.embedding_lda_dims is None:
+            return weights
+        if EMBEDDING_SECOND_MOMENT not in acc.sums or EMBEDDING_WITHIN_SCATTER not in acc.sums:
+            raise ValueError("embedding_lda_dims is set but the updates carry no scatter")
+        # Devices measured about the old running mean; the total scatter is about the new one (parallel axis).
+        shift = acc.sums[EMBEDDING_BN_MEAN] / acc.total_weight
+        total = acc.sums[EMBEDDING_SECOND_MOMENT] / acc.total_weight - np.outer(shift, shift)
+        within = acc.sums[EMBEDDING_WITHIN_SCATTER] / acc.total_weight
+        transform = discriminant_transform(total, within, p.embedding_lda_dims, p.embedding_lda_shrinkage)
+        mean = np.asarray(base[EMBEDDING_BN_MEAN], dtype=np.float64) + shift
+        return fold_into_embedding(weights, transform, mean)
+
     def finalize(
         self, base: Mapping[str, np.ndarray], acc: Accumulator, class_embeddings: Mapping[uuid.UUID, np.ndarray]
     ) -> AggregationResult:
-        weights = self.apply_mean_delta(base, acc)
+        weights = self.aggregate_weights(base, acc)
         rows = dict(class_embeddings)
         rows.update(acc.rows)
         return AggregationResult(weights=weights, class_embeddings=self._normalised(acc.rows),

@@ -33,13 +33,13 @@ class FedFaceStrategy(FedAvgStrategy):
     def client_params(self) -> dict[str, Any]:
         p: FedFaceParams = self.params  # type: ignore[assignment]
         return {"margin": p.margin, "wc_lr_scale": p.wc_lr_scale, "frozen": p.frozen,
-                "embedding_stats": p.embedding_stats}
+                "embedding_stats": p.embedding_stats, "embedding_lda_dims": p.embedding_lda_dims}
 
     def finalize(
         self, base: Mapping[str, np.ndarray], acc: Accumulator, class_embeddings: Mapping[uuid.UUID, np.ndarray]
     ) -> AggregationResult:
         p: FedFaceParams = self.params  # type: ignore[assignment]
-        weights = self.apply_mean_delta(base, acc)
+        weights = self.aggregate_weights(base, acc)
         rows = dict(class_embeddings)
         rows.update(acc.rows)
         metrics = self.collapse_metrics(rows, acc)

@@ -11,7 +11,7 @@ import pytest
 
 from fedface_lab.dev_eval import DevEvaluator, identity_mean_cosine
 from fedface_lab.pretrain import PretrainConfig, pretrain
-from fedface_lab.simulate import SimulationConfig, run_simulation
+from fedface_lab.simulate import SimulationConfig, choose_clients, run_simulation
 
 
 def _slice(src: Path, dst: Path, lines_per_fold: int) -> Path:
@@ -106,6 +106,36 @@ def test_enrollment_round_with_embedding_stats_recentres_only_the_embedding(tiny
     assert all(not np.array_equal(before[k], after[k]) for k in stats)
     assert all(np.array_equal(before[k], after[k]) for k in before if k not in stats)
     assert (after["bn_embedding.running_var"] >= 0).all()
+
+
+def test_enrollment_round_with_embedding_lda_folds_the_discriminant_into_the_embedding(
+        tiny_model: Path, data_root: Path, tmp_path: Path) -> None:
+    """With embedding_lda_dims, round 0 carries each device's scatter over real HTTP and the server
+    folds the discriminant into the projection and the embedding BN (and changes nothing else); the
+    result equals the pooled computation of fedface_lab.recentre, one identity at a time."""
+    from fedface_common.tensors import load_file
+    from fedface_lab.recentre import recentre
+
+    params = {"embedding_stats": True, "embedding_lda_dims": 8, "embedding_lda_shrinkage": 0.5}
+    cfg = SimulationConfig(model=tiny_model, data_root=data_root, work_dir=tmp_path / "sim", algorithm="fedface",
+                           devices=3, per_round=2, rounds=0, concurrency=1, batch_size=8, seed=3,
+                           enrollment_round=True, params=params)
+    result = run_simulation(cfg)
+    (enrollment,) = result["history"]
+    assert enrollment["submitted"] == 3
+    (published,) = (tmp_path / "sim" / "published").glob("*.weights.safetensors")
+    before, after = load_file(published), load_file(Path(result["final_model"]))
+    folded = {"project.weight", "bn_embedding.running_mean", "bn_embedding.running_var", "bn_embedding.weight",
+              "bn_embedding.bias"}
+    assert all(not np.array_equal(before[k], after[k]) for k in folded)
+    assert all(np.array_equal(before[k], after[k]) for k in before if k not in folded)
+    # 8 of 32 dimensions kept: the other rows of the projection are zero.
+    rows = np.abs(after["project.weight"].reshape(32, -1)).sum(axis=1)
+    assert (rows[:8] > 0).all() and (rows[8:] == 0).all()
+    names = [name for name, _ in choose_clients(data_root, 3, 3)]
+    pooled = load_file(recentre(tiny_model, data_root, tmp_path / "pooled.safetensors", 8, 0.5, names))
+    for k in folded:
+        np.testing.assert_allclose(after[k], pooled[k], rtol=1e-3, atol=1e-5)
 
 
 def test_identity_mean_cosine_by_hand() -> None:
