@@ -62,7 +62,12 @@ def discriminant_transform(total: np.ndarray, within: np.ndarray, dims: int, shr
     whiten = inverse_sqrt(shrunk)
     values, vectors = np.linalg.eigh(_symmetric(whiten @ between @ whiten))
     top = np.argsort(values)[::-1][:dims]
-    return (whiten @ vectors[:, top]).T
+    rows = (whiten @ vectors[:, top]).T
+    # An eigenvector's sign is arbitrary (and cosines ignore it); fix it so that the same
+    # statistics give the same model file on every machine.
+    largest = np.abs(rows).argmax(axis=1)
+    signs = np.sign(rows[np.arange(dims), largest])
+    return rows * np.where(signs == 0, 1.0, signs)[:, None]
 
 
 def fold_into_embedding(weights: Mapping[str, np.ndarray], transform: np.ndarray,

@@ -66,7 +66,8 @@ class FedAvgStrategy(Strategy):
         spec = super().update_spec(model_spec, embedding_dim)
         if self.params.embedding_lda_dims is not None:  # type: ignore[attr-defined]
             if embedding_dim is None or self.params.embedding_lda_dims > embedding_dim:  # type: ignore[attr-defined]
-                raise ValueError(f"embedding_lda_dims exceeds the model's embedding dimension {embedding_dim}")
+                raise ValueError(f"embedding_lda_dims {self.params.embedding_lda_dims} exceeds"  # type: ignore[attr-defined]
+                                 f" the model's embedding dimension ({embedding_dim})")
             for name in (EMBEDDING_SECOND_MOMENT, EMBEDDING_WITHIN_SCATTER):
                 spec[name] = TensorInfo("F32", (embedding_dim, embedding_dim))
         return spec
