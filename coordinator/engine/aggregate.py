@@ -117,6 +117,8 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
             metrics=metrics, created_at=now,
         ))
         await versions.set_served(version.id, now)
+        if result.replaces_class_embeddings:
+            metrics["class_embeddings_dropped"] = await ClassEmbeddingRepository(session).delete_all()
         if result.class_embeddings:
             await ClassEmbeddingRepository(session).upsert_many(result.class_embeddings, version.id)
         rnd.state, rnd.result_version_id, rnd.finished_at, rnd.metrics = COMMITTED, version.id, now, metrics

@@ -64,6 +64,9 @@ class AggregationResult:
     weights: dict[str, np.ndarray]
     class_embeddings: dict[uuid.UUID, np.ndarray]
     metrics: dict[str, Any]
+    # True when the new weights measure features in another space (a discriminant round):
+    # the stored W rows are dropped, and each device starts its row again from its photos.
+    replaces_class_embeddings: bool = False
 
 
 class Strategy(ABC):

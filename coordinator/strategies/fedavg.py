@@ -72,6 +72,11 @@ class FedAvgStrategy(Strategy):
                 spec[name] = TensorInfo("F32", (embedding_dim, embedding_dim))
         return spec
 
+    @property
+    def replaces_embedding_space(self) -> bool:
+        """A discriminant round re-expresses every feature: W rows measured before it mean nothing after."""
+        return self.params.embedding_lda_dims is not None  # type: ignore[attr-defined]
+
     def aggregate_weights(self, base: Mapping[str, np.ndarray], acc: Accumulator) -> dict[str, np.ndarray]:
         """The mean delta applied, then (with embedding_lda_dims) the discriminant folded in."""
         weights = self.apply_mean_delta(base, acc)
@@ -94,8 +99,11 @@ class FedAvgStrategy(Strategy):
         weights = self.aggregate_weights(base, acc)
         rows = dict(class_embeddings)
         rows.update(acc.rows)
-        return AggregationResult(weights=weights, class_embeddings=self._normalised(acc.rows),
-                                 metrics=self.collapse_metrics(rows, acc))
+        metrics = self.collapse_metrics(rows, acc)
+        if self.replaces_embedding_space:
+            return AggregationResult(weights=weights, class_embeddings={}, metrics=metrics,
+                                     replaces_class_embeddings=True)
+        return AggregationResult(weights=weights, class_embeddings=self._normalised(acc.rows), metrics=metrics)
 
     @staticmethod
     def _normalised(rows: Mapping[uuid.UUID, np.ndarray]) -> dict[uuid.UUID, np.ndarray]:

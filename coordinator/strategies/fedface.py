@@ -43,6 +43,9 @@ class FedFaceStrategy(FedAvgStrategy):
         rows = dict(class_embeddings)
         rows.update(acc.rows)
         metrics = self.collapse_metrics(rows, acc)
+        if self.replaces_embedding_space:
+            return AggregationResult(weights=weights, class_embeddings={}, metrics=metrics,
+                                     replaces_class_embeddings=True)
         if not rows:
             return AggregationResult(weights=weights, class_embeddings={}, metrics=metrics)
         ids = sorted(rows)  # a fixed order: the result must not depend on arrival order

@@ -4,7 +4,7 @@ import uuid
 from collections.abc import Mapping
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.db import utcnow
@@ -27,6 +27,11 @@ class ClassEmbeddingRepository:
     async def all(self, dim: int) -> dict[uuid.UUID, np.ndarray]:
         rows = (await self.session.scalars(select(ClassEmbedding).where(ClassEmbedding.dim == dim))).all()
         return {r.device_id: np.frombuffer(r.vector, dtype="<f4").copy() for r in rows}
+
+    async def delete_all(self) -> int:
+        """Drop every row (the embedding space they were measured in has been replaced)."""
+        result = await self.session.execute(delete(ClassEmbedding))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def upsert_many(self, rows: Mapping[uuid.UUID, np.ndarray], version_id: int) -> None:
         now = utcnow()

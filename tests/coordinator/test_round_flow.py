@@ -12,9 +12,16 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from fedface_common.tensors import decode, encode
-from fedface_common.wire import CLASS_EMBEDDING_TENSOR, HEADER_BASE_VERSION, HEADER_NUM_SAMPLES
+from fedface_common.wire import (
+    CLASS_EMBEDDING_TENSOR,
+    EMBEDDING_SECOND_MOMENT,
+    EMBEDDING_WITHIN_SCATTER,
+    HEADER_BASE_VERSION,
+    HEADER_NUM_SAMPLES,
+)
 from tests.support.fleet import (
     ADMIN,
+    EMBEDDING_DIM,
     delta,
     delta_bytes,
     enroll,
@@ -256,3 +263,63 @@ def test_an_aggregate_that_overflows_fails_the_round_and_keeps_the_served_model(
     wait_until(lambda: get_round(api, rnd["id"])["state"] == "failed", what="overflowing round fails")
     assert "NaN or Inf" in get_round(api, rnd["id"])["failure_reason"]
     assert [v["id"] for v in api.get("/v1/admin/models", headers=ADMIN).json() if v["served"]] == [v1["id"]]
+
+
+def _embedding_model(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The tensors a discriminant round rewrites, with the embedding width of the fleet helpers."""
+    d = EMBEDDING_DIM
+    return {"project.weight": rng.standard_normal((d, 6, 1, 1)).astype(np.float32),
+            "bn_embedding.running_mean": np.zeros(d, np.float32), "bn_embedding.running_var": np.ones(d, np.float32),
+            "bn_embedding.weight": np.ones(d, np.float32), "bn_embedding.bias": np.zeros(d, np.float32)}
+
+
+def _lda_update(rng: np.random.Generator, base: dict[str, np.ndarray]) -> bytes:
+    """What a device sends in a discriminant round: zero weight deltas, its moments, its w_c."""
+    d = EMBEDDING_DIM
+    z = rng.standard_normal((5, d)) + rng.standard_normal(d)
+    own = z - z.mean(0)
+    return encode({**{k: np.zeros_like(v) for k, v in base.items()},
+                   "bn_embedding.running_mean": z.mean(0).astype(np.float32),
+                   "bn_embedding.running_var": ((z * z).mean(0) - 1).astype(np.float32),
+                   EMBEDDING_SECOND_MOMENT: (z.T @ z / 5).astype(np.float32),
+                   EMBEDDING_WITHIN_SCATTER: (own.T @ own / 5).astype(np.float32),
+                   CLASS_EMBEDDING_TENSOR: rng.standard_normal(d).astype(np.float32)})
+
+
+def test_a_discriminant_round_folds_the_transform_and_drops_the_old_class_embeddings(api: httpx.Client) -> None:
+    """W rows measured in the old embedding space mean nothing after the transform: they are dropped,
+    and each device starts its row again at its next round."""
+    rng = np.random.default_rng(5)
+    base = _embedding_model(rng)
+    v1 = register_model(api, base)
+    devices = enroll(api, 3)
+    rnd = start_round(api, target_devices=3, min_devices=3)
+    for i, device in enumerate(devices):
+        assert device.check_in()["status"] == "task"
+        body = encode({**{k: np.zeros_like(v) for k, v in base.items()},
+                       CLASS_EMBEDDING_TENSOR: rng.standard_normal(EMBEDDING_DIM).astype(np.float32)})
+        assert device.submit(rnd["id"], body, base_version=v1["id"]).status_code == 200, i
+    wait_until(lambda: get_round(api, rnd["id"])["state"] == "committed", what="round commit")
+    v2 = get_round(api, rnd["id"])["result_version_id"]
+
+    lda = start_round(api, algorithm="fedface", target_devices=3, min_devices=3,
+                      params={"embedding_stats": True, "embedding_lda_dims": 2})
+    assert devices[0].check_in()["task"]["has_class_embedding"] is True
+    # An update without the moments is refused (the round's spec asks for them).
+    plain = encode({**{k: np.zeros_like(v) for k, v in base.items()},
+                    CLASS_EMBEDDING_TENSOR: np.ones(EMBEDDING_DIM, np.float32)})
+    refused = devices[0].submit(lda["id"], plain, base_version=v2)
+    assert refused.status_code == 422, refused.text
+    for device in devices[1:]:
+        device.check_in()
+    for device in devices:
+        assert device.submit(lda["id"], _lda_update(rng, base), num_samples=5, base_version=v2).status_code == 200
+    wait_until(lambda: get_round(api, lda["id"])["state"] == "committed", what="round commit")
+    done = get_round(api, lda["id"])
+    assert done["metrics"]["class_embeddings_dropped"] == 3
+    got = decode(api.get(f"/v1/admin/models/{done['result_version_id']}/weights", headers=ADMIN).content)
+    assert (got["project.weight"][2:] == 0).all() and (got["project.weight"][:2] != 0).any()
+    np.testing.assert_array_equal(got["bn_embedding.running_var"], np.ones(EMBEDDING_DIM, np.float32))
+
+    start_round(api, target_devices=3, min_devices=1)
+    assert devices[0].check_in()["task"]["has_class_embedding"] is False
