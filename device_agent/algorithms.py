@@ -16,8 +16,8 @@ positive-only loss trivially), and averaging those running statistics across
 devices would corrupt the global model. Frozen stats keep the forward pass
 identical to the one the server's model uses at inference; the running-stat
 tensors then come back with a zero delta, except the embedding BN's when the
-strategy asks for `embedding_stats`, and the update carries two moment matrices
-besides when it asks for `embedding_lda_dims` (see embedding_stats.py).
+strategy asks for `embedding_stats`, and the update carries the moments of the
+projection's input besides when it asks for `embedding_lda_dims` (see embedding_stats.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from device_agent.embedding_stats import embedding_scatter, embedding_stat_deltas
+from device_agent.embedding_stats import discriminant_moments, embedding_stat_deltas
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR, TrainingConfig
 
 DeviceChoice = Literal["auto", "cpu", "cuda", "mps"]
@@ -299,7 +299,7 @@ def train_local(
     # Measured on the model as received, so the server's mean is the statistics of one model.
     stat_deltas = embedding_stat_deltas(model, x, cfg.batch_size) if cfg.params.get("embedding_stats") else {}
     # Not model tensors: the discriminant's moments ride beside the deltas (see embedding_stats.py).
-    scatter = (embedding_scatter(model, x, cfg.batch_size)
+    scatter = (discriminant_moments(model, x, cfg.batch_size)
                if cfg.params.get("embedding_lda_dims") is not None else {})
     backbone = trainable_parameters(model, cfg.params.get("frozen") or [])
     # No weight decay on w_c: the loss only sees its direction, so decay would

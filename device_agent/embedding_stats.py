@@ -18,9 +18,9 @@ owner's embeddings before normalisation. The mean is about what FedFace's w_c
 already reveals (a new device's w_c is its normalised mean feature); the second
 moment adds how the owner's photos spread. Opt-in for that reason, and the
 reason a sum-only (secure) aggregation of these tensors would be the way to
-run it in production. `embedding_scatter` (for the discriminant transform) sends
-the full (d, d) second moment and the within-person scatter: more again, and
-opt-in for the same reason.
+run it in production. `discriminant_moments` (for the discriminant transform)
+sends the mean, full second moment and within-person scatter of the features
+that enter the embedding projection: more again, and opt-in for the same reason.
 
 Only the last BN is re-estimated: the others feed each other, and updating them
 all from one pass over stale inputs diverges."""
@@ -34,8 +34,10 @@ from torch import nn
 from fedface_common.wire import (
     EMBEDDING_BN_MEAN,
     EMBEDDING_BN_VAR,
-    EMBEDDING_SECOND_MOMENT,
-    EMBEDDING_WITHIN_SCATTER,
+    EMBEDDING_PROJECTION,
+    HEAD_MEAN,
+    HEAD_SECOND_MOMENT,
+    HEAD_WITHIN_SCATTER,
 )
 
 EMBEDDING_BN = EMBEDDING_BN_MEAN.split(".")[0]
@@ -49,21 +51,20 @@ def embedding_bn(model: nn.Module) -> nn.BatchNorm1d:
     return bn
 
 
-def pre_bn_embeddings(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """The photos' inputs to the embedding BN (N, d) in float64, computed in eval mode with the model as
+def _layer_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The photos' inputs to `layer` (N, features) in float64, computed in eval mode with the model as
     it is now (call it before local training changes the backbone). A device holds a few hundred photos
     at most, so keeping them costs less than one model copy."""
     if len(x) == 0:
         raise ValueError("no photos to measure")
-    bn = embedding_bn(model)
     parts: list[torch.Tensor] = []
 
     def keep(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        parts.append(inputs[0].detach().to(torch.float64))
+        parts.append(inputs[0].detach().to(torch.float64).flatten(1))
 
     was_training = model.training
     model.eval()
-    hook = bn.register_forward_pre_hook(keep)
+    hook = layer.register_forward_pre_hook(keep)
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
@@ -72,6 +73,19 @@ def pre_bn_embeddings(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -
         hook.remove()
         model.train(was_training)
     return torch.cat(parts)
+
+
+def pre_bn_embeddings(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The photos' inputs to the embedding BN (N, d)."""
+    return _layer_inputs(model, embedding_bn(model), x, batch_size)
+
+
+def projection_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The photos' inputs to the embedding projection (N, c): the pooled head features."""
+    projection = getattr(model, EMBEDDING_PROJECTION.split(".")[0], None)
+    if not isinstance(projection, nn.Conv2d | nn.Linear):
+        raise ValueError(f"embedding_lda_dims needs a model with a projection layer named {EMBEDDING_PROJECTION!r}")
+    return _layer_inputs(model, projection, x, batch_size)
 
 
 def _finite(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -91,16 +105,13 @@ def embedding_stat_deltas(model: nn.Module, x: torch.Tensor, batch_size: int = 6
     return _finite({name: d.cpu().numpy().astype(np.float32) for name, d in deltas.items()})
 
 
-def embedding_scatter(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """The per-photo (d, d) moments that `embedding_lda_dims` needs (coordinator/strategies/discriminant.py):
-    the second moment about the model's running mean (summed over devices: the population's scatter) and
-    the scatter about the photos' own mean (this person's within-class scatter)."""
-    z = pre_bn_embeddings(model, x, batch_size)
-    bn = embedding_bn(model)
-    assert bn.running_mean is not None  # checked by embedding_bn
-    about_running = z - bn.running_mean.detach().to(torch.float64)
-    about_own = z - z.mean(dim=0)
-    n = len(z)
-    moments = {EMBEDDING_SECOND_MOMENT: about_running.T @ about_running / n,
-               EMBEDDING_WITHIN_SCATTER: about_own.T @ about_own / n}
+def discriminant_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """The per-photo moments that `embedding_lda_dims` needs (coordinator/strategies/discriminant.py) of
+    the projection's input h: its mean, its second moment (summed over devices: the population's), and
+    its scatter about the photos' own mean (this person's within-class scatter)."""
+    h = projection_inputs(model, x, batch_size)
+    mean = h.mean(dim=0)
+    own = h - mean
+    n = len(h)
+    moments = {HEAD_MEAN: mean, HEAD_SECOND_MOMENT: h.T @ h / n, HEAD_WITHIN_SCATTER: own.T @ own / n}
     return _finite({name: m.cpu().numpy().astype(np.float32) for name, m in moments.items()})

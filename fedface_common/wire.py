@@ -24,11 +24,13 @@ EMBEDDING_BN_WEIGHT = "bn_embedding.weight"
 EMBEDDING_BN_BIAS = "bn_embedding.bias"
 # The 1x1 convolution whose output the embedding BatchNorm normalises.
 EMBEDDING_PROJECTION = "project.weight"
-# With `embedding_lda_dims`, two (d, d) moments of the device's pre-BatchNorm
-# embeddings, per photo: the second moment about the model's running mean, and
-# the within-class scatter (about the device's own mean; one device, one person).
-EMBEDDING_SECOND_MOMENT = "fedface.embedding_second_moment"
-EMBEDDING_WITHIN_SCATTER = "fedface.embedding_within_scatter"
+# With `embedding_lda_dims`, the moments of the projection's input h (the pooled
+# head features, width c) over the device's photos, per photo: the mean (c,), the
+# second moment about zero (c, c), and the within-class scatter about the device's
+# own mean (c, c; one device, one person).
+HEAD_MEAN = "fedface.head_mean"
+HEAD_SECOND_MOMENT = "fedface.head_second_moment"
+HEAD_WITHIN_SCATTER = "fedface.head_within_scatter"
 MANIFEST_METADATA_KEY = "fedface.manifest"
 # Pretraining writes non-trainable extras into the model file under this prefix;
 # the coordinator serves the weights without them and the centres separately.

@@ -145,9 +145,8 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path,
 
     fedface_params = plan.params.get("fedface", {})
     lda_params = {"embedding_lda_dims": plan.lda_dims, "embedding_lda_shrinkage": plan.lda_shrinkage}
-    for name, extra in (("recentred", {}), ("lda", lda_params)):
-        rows.append(_statistics_round(plan, model, data, work_dir, name,
-                                      {**fedface_params, "embedding_stats": True, **extra}))
+    for name, extra in (("recentred", {"embedding_stats": True}), ("lda", lda_params)):
+        rows.append(_statistics_round(plan, model, data, work_dir, name, {**fedface_params, **extra}))
         log(f"{name}: {_fmt(rows[-1])}")
 
     curves: dict[str, dict[str, list[Any]]] = {}
@@ -198,8 +197,8 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path,
 
 def _statistics_round(plan: ExperimentPlan, model: Path, data: Path, work_dir: Path, name: str,
                       params: dict[str, Any]) -> dict[str, Any]:
-    """The pretrained model after one round of every device with `embedding_stats` (and maybe
-    `embedding_lda_dims`) and no training: the embedding re-centred on the devices' faces
+    """The pretrained model after one round of every device with `embedding_stats` or
+    `embedding_lda_dims` and no training: the embedding re-centred on the devices' faces
     (device_agent/embedding_stats.py), or their discriminant folded in. A baseline for what
     FedFace's training adds; deterministic, so one run."""
     sim = run_simulation(SimulationConfig(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from coordinator.strategies import Accumulator, make_strategy
-from device_agent.embedding_stats import embedding_scatter, embedding_stat_deltas
+from device_agent.embedding_stats import discriminant_moments, embedding_stat_deltas
 from fedface_common.face.checkpoint import load_model, load_numpy_state, model_to_numpy, save_model
 from fedface_common.face.preprocess import normalise_uint8
 from fedface_lab.centralized import client_crops
@@ -46,7 +46,7 @@ def recentre(model_path: Path, data: Path, out: Path, lda_dims: int | None = Non
         photos = x[torch.from_numpy(labels == k)]
         update = embedding_stat_deltas(model, photos, batch_size=256)
         if lda_dims is not None:
-            update.update(embedding_scatter(model, photos, batch_size=256))
+            update.update(discriminant_moments(model, photos, batch_size=256))
         strategy.fold(acc, uuid.uuid4(), update, len(photos))
     load_numpy_state(model, strategy.aggregate_weights(model_to_numpy(model), acc))  # type: ignore[attr-defined]
     return save_model(out, model.eval(), manifest)

@@ -2,15 +2,18 @@
 
 Each device holds every photo of ONE person, so it alone can measure that
 person's within-class scatter (its photos about their own mean); no
-centralised system needs less. With `embedding_lda_dims` the devices send it
-with their second moment at the embedding layer (device_agent/embedding_stats.py),
-and the server's sample-weighted sums are exactly the pooled within-class and
-total scatters. From those, LDA finds the directions in which identities differ
-most relative to how one identity's photos vary (lighting, pose, expression), and
-rescales each so that the within-class spread is one: cosine similarity after it
-scores identity, not nuisance. The transform is linear in the pre-BatchNorm
-embedding, so it folds exactly into the 1x1 projection and the embedding
-BatchNorm, and the model's architecture and file format stay as they were.
+centralised system needs less. With `embedding_lda_dims` the devices send it,
+with their mean and second moment, for h, the pooled head features that enter
+the embedding's 1x1 projection (device_agent/embedding_stats.py); the server's
+sample-weighted sums are exactly the pooled within-class and total scatters.
+From those, LDA finds the directions in which identities differ most relative
+to how one identity's photos vary (lighting, pose, expression), and rescales
+each so that the within-class spread is one: cosine similarity after it scores
+identity, not nuisance. The new embedding T (h - mean) is linear in h, so it
+replaces the projection and the embedding BatchNorm exactly, and the model's
+architecture and file format stay as they were. Working on h rather than on the
+projection's output lets the discriminant choose among all c head features
+instead of the d the pretrained projection kept (c = 256, d = 128 here).
 
 Pure numpy, no I/O."""
 
@@ -72,20 +75,21 @@ def discriminant_transform(total: np.ndarray, within: np.ndarray, dims: int, shr
 
 def fold_into_embedding(weights: Mapping[str, np.ndarray], transform: np.ndarray,
                         mean: np.ndarray) -> dict[str, np.ndarray]:
-    """The weights with features := T (z - mean) for the pre-BatchNorm embedding z = P h.
+    """The weights with features := T (h - mean), h the projection's input (c features).
 
-    The projection becomes [T; 0] P, the BatchNorm subtracts [T; 0] mean and otherwise
-    passes values through (variance 1, weight 1, bias 0). Discarded dimensions are
-    constant zero, so the embedding keeps its width and cosines see only the kept ones.
-    BatchNorm's eps makes it divide by sqrt(1 + eps): one factor for every dimension,
-    which cosine similarity ignores."""
+    The projection (d, c, 1, 1) becomes [T; 0], the BatchNorm subtracts [T; 0] mean and
+    otherwise passes values through (variance 1, weight 1, bias 0). Discarded dimensions
+    are constant zero, so the embedding keeps its width and cosines see only the kept
+    ones. BatchNorm's eps makes it divide by sqrt(1 + eps): one factor for every
+    dimension, which cosine similarity ignores."""
     projection = np.asarray(weights[EMBEDDING_PROJECTION])
-    d = projection.shape[0]
-    full = np.zeros((d, d))
+    d, c = projection.shape[0], int(np.prod(projection.shape[1:]))
+    if transform.shape[0] > d or transform.shape[1] != c or mean.shape != (c,):
+        raise ValueError(f"a ({transform.shape}) transform and a {mean.shape} mean do not fit a ({d}, {c}) projection")
+    full = np.zeros((d, c))
     full[: transform.shape[0]] = transform
     out = dict(weights)
-    out[EMBEDDING_PROJECTION] = (full @ projection.reshape(d, -1).astype(np.float64)).reshape(
-        projection.shape).astype(projection.dtype)
+    out[EMBEDDING_PROJECTION] = full.reshape(projection.shape).astype(projection.dtype)
     for name, value in ((EMBEDDING_BN_MEAN, full @ mean), (EMBEDDING_BN_VAR, np.ones(d)),
                         (EMBEDDING_BN_WEIGHT, np.ones(d)), (EMBEDDING_BN_BIAS, np.zeros(d))):
         out[name] = value.astype(np.asarray(weights[name]).dtype)

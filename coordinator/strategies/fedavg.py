@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints
 
 from coordinator.strategies.base import Accumulator, AggregationResult, Strategy, StrategyParams
 from coordinator.strategies.collapse import mean_offdiagonal_cosine, normalise_rows
 from coordinator.strategies.discriminant import discriminant_transform, fold_into_embedding
 from fedface_common.tensors import TensorInfo, TensorSpec
-from fedface_common.wire import EMBEDDING_BN_MEAN, EMBEDDING_SECOND_MOMENT, EMBEDDING_WITHIN_SCATTER
+from fedface_common.wire import EMBEDDING_PROJECTION, HEAD_MEAN, HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER
 
 
 class PositiveLossParams(StrategyParams):
@@ -36,9 +36,9 @@ class PositiveLossParams(StrategyParams):
     )
     embedding_lda_dims: int | None = Field(
         default=None, ge=1, le=1024,
-        description="Devices also report their within-person scatter at the embedding, and the server folds the"
-        " linear discriminant of the identities, keeping this many dimensions, into the embedding layer"
-        " (strategies/discriminant.py). Needs embedding_stats",
+        description="Devices also report the moments of the features entering the embedding projection,"
+        " within-person scatter included, and the server replaces the projection and the embedding BN by the"
+        " linear discriminant of the identities, keeping this many dimensions (strategies/discriminant.py)",
     )
     embedding_lda_shrinkage: float = Field(
         default=0.1, ge=0, le=100,
@@ -50,12 +50,6 @@ class PositiveLossParams(StrategyParams):
     )
 
 
-    @model_validator(mode="after")
-    def _lda_needs_the_mean(self) -> PositiveLossParams:
-        if self.embedding_lda_dims is not None and not self.embedding_stats:
-            raise ValueError("embedding_lda_dims needs embedding_stats (the discriminant is about the new mean)")
-        return self
-
 
 class FedAvgStrategy(Strategy):
     name: ClassVar[str] = "fedavg"
@@ -64,12 +58,18 @@ class FedAvgStrategy(Strategy):
 
     def update_spec(self, model_spec: TensorSpec, embedding_dim: int | None) -> TensorSpec:
         spec = super().update_spec(model_spec, embedding_dim)
-        if self.params.embedding_lda_dims is not None:  # type: ignore[attr-defined]
-            if embedding_dim is None or self.params.embedding_lda_dims > embedding_dim:  # type: ignore[attr-defined]
-                raise ValueError(f"embedding_lda_dims {self.params.embedding_lda_dims} exceeds"  # type: ignore[attr-defined]
-                                 f" the model's embedding dimension ({embedding_dim})")
-            for name in (EMBEDDING_SECOND_MOMENT, EMBEDDING_WITHIN_SCATTER):
-                spec[name] = TensorInfo("F32", (embedding_dim, embedding_dim))
+        dims = self.params.embedding_lda_dims  # type: ignore[attr-defined]
+        if dims is None:
+            return spec
+        projection = model_spec.get(EMBEDDING_PROJECTION)
+        if projection is None or len(projection.shape) < 2:
+            raise ValueError(f"embedding_lda_dims needs a model with a projection {EMBEDDING_PROJECTION!r}")
+        width, c = projection.shape[0], int(np.prod(projection.shape[1:]))
+        if dims > min(width, c):
+            raise ValueError(f"embedding_lda_dims {dims} exceeds the model's embedding ({width}) or head ({c}) width")
+        spec[HEAD_MEAN] = TensorInfo("F32", (c,))
+        for name in (HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER):
+            spec[name] = TensorInfo("F32", (c, c))
         return spec
 
     @property
@@ -83,14 +83,12 @@ class FedAvgStrategy(Strategy):
         p: PositiveLossParams = self.params  # type: ignore[assignment]
         if p.embedding_lda_dims is None:
             return weights
-        if EMBEDDING_SECOND_MOMENT not in acc.sums or EMBEDDING_WITHIN_SCATTER not in acc.sums:
-            raise ValueError("embedding_lda_dims is set but the updates carry no scatter")
-        # Devices measured about the old running mean; the total scatter is about the new one (parallel axis).
-        shift = acc.sums[EMBEDDING_BN_MEAN] / acc.total_weight
-        total = acc.sums[EMBEDDING_SECOND_MOMENT] / acc.total_weight - np.outer(shift, shift)
-        within = acc.sums[EMBEDDING_WITHIN_SCATTER] / acc.total_weight
+        if not all(name in acc.sums for name in (HEAD_MEAN, HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER)):
+            raise ValueError("embedding_lda_dims is set but the updates carry no head moments")
+        mean = acc.sums[HEAD_MEAN] / acc.total_weight
+        total = acc.sums[HEAD_SECOND_MOMENT] / acc.total_weight - np.outer(mean, mean)
+        within = acc.sums[HEAD_WITHIN_SCATTER] / acc.total_weight
         transform = discriminant_transform(total, within, p.embedding_lda_dims, p.embedding_lda_shrinkage)
-        mean = np.asarray(base[EMBEDDING_BN_MEAN], dtype=np.float64) + shift
         return fold_into_embedding(weights, transform, mean)
 
     def finalize(

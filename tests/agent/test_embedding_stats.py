@@ -14,10 +14,10 @@ from coordinator.strategies import make_strategy
 from coordinator.strategies.base import Accumulator
 from coordinator.strategies.discriminant import discriminant_transform, fold_into_embedding
 from device_agent.algorithms import train_local
-from device_agent.embedding_stats import STAT_TENSORS, embedding_bn, embedding_scatter, embedding_stat_deltas
+from device_agent.embedding_stats import STAT_TENSORS, discriminant_moments, embedding_bn, embedding_stat_deltas
 from fedface_common import tensors
 from fedface_common.face.checkpoint import decode_model
-from fedface_common.wire import EMBEDDING_SECOND_MOMENT, EMBEDDING_WITHIN_SCATTER, TrainingConfig
+from fedface_common.wire import HEAD_MEAN, HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER, TrainingConfig
 
 from .fixtures import TINY, tiny_model_bytes
 
@@ -117,24 +117,31 @@ def test_without_embedding_stats_the_statistics_are_ordinary_deltas(model_file: 
 
 # 3 dimensions: the test's 4 devices span a 3-dimensional between-class scatter, and beyond it
 # the discriminant directions are any basis of a null space.
-LDA = {"embedding_stats": True, "embedding_lda_dims": 3, "embedding_lda_shrinkage": 0.2}
+LDA = {"embedding_lda_dims": 3, "embedding_lda_shrinkage": 0.2}
 
 
-def test_device_scatter_by_hand(model_file: bytes) -> None:
+def _head(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    seen: list[torch.Tensor] = []
+    hook = model.project.register_forward_pre_hook(lambda _, inp: seen.append(inp[0].detach().flatten(1)))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    return torch.cat(seen).double().numpy()
+
+
+def test_device_head_moments_by_hand(model_file: bytes) -> None:
     model = decode_model(model_file).model
     x = _photos(6, 2)
-    z = _pre_bn(model, x)
-    bn = embedding_bn(model)
-    assert bn.running_mean is not None
-    about_running = z - bn.running_mean.double().numpy()
-    own = z - z.mean(0)
-    moments = embedding_scatter(model, x, batch_size=4)
-    np.testing.assert_allclose(moments[EMBEDDING_SECOND_MOMENT], about_running.T @ about_running / 6, rtol=1e-4,
-                               atol=1e-5)
-    np.testing.assert_allclose(moments[EMBEDDING_WITHIN_SCATTER], own.T @ own / 6, rtol=1e-4, atol=1e-5)
+    h = _head(model, x)
+    own = h - h.mean(0)
+    moments = discriminant_moments(model, x, batch_size=4)
+    np.testing.assert_allclose(moments[HEAD_MEAN], h.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(moments[HEAD_SECOND_MOMENT], h.T @ h / 6, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(moments[HEAD_WITHIN_SCATTER], own.T @ own / 6, rtol=1e-4, atol=1e-6)
 
 
-def test_training_sends_the_scatter_only_when_asked(model_file: bytes) -> None:
+def test_training_sends_the_head_moments_only_when_asked(model_file: bytes) -> None:
     x = _photos(5, 3)
     base = tensors.decode(model_file)
     config = {"algorithm": "fedface", "local_epochs": 0, "batch_size": 4, "learning_rate": 0.1}
@@ -145,40 +152,38 @@ def test_training_sends_the_scatter_only_when_asked(model_file: bytes) -> None:
     spec = make_strategy("fedface", LDA).update_spec(
         {k: tensors.TensorInfo("F32", v.shape) for k, v in base.items()}, TINY.embedding_dim)
     assert {k: v.shape for k, v in asked.items()} == {k: tuple(v.shape) for k, v in spec.items()}
-    assert EMBEDDING_WITHIN_SCATTER not in plain and EMBEDDING_SECOND_MOMENT not in plain
+    assert not {HEAD_MEAN, HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER} & set(plain)
 
 
-def test_server_discriminant_of_device_scatters_is_the_pooled_one(model_file: bytes) -> None:
+def test_server_discriminant_of_device_moments_is_the_pooled_one(model_file: bytes) -> None:
     """Folding each device's moments gives the LDA of all their photos, labelled by device."""
     devices = [_photos(n, 20 + i, shift=0.3 * i) for i, n in enumerate((2, 4, 7, 3))]
     model = decode_model(model_file).model
     strategy = make_strategy("fedface", LDA)
     acc = Accumulator()
     for x in devices:
-        strategy.fold(acc, uuid.uuid4(), {**embedding_stat_deltas(model, x, 4), **embedding_scatter(model, x, 4)},
-                      len(x))
+        strategy.fold(acc, uuid.uuid4(), discriminant_moments(model, x, 4), len(x))
     weights = tensors.decode(model_file)
     federated = strategy.aggregate_weights(weights, acc)  # type: ignore[attr-defined]
-    per_device = [_pre_bn(model, x) for x in devices]
-    z = np.concatenate(per_device)
+    per_device = [_head(model, x) for x in devices]
+    h = np.concatenate(per_device)
     own = np.concatenate([p - p.mean(0) for p in per_device])
-    zc = z - z.mean(0)
-    transform = discriminant_transform(zc.T @ zc / len(z), own.T @ own / len(z), 3, 0.2)
-    pooled = fold_into_embedding(weights, transform, z.mean(0))
+    hc = h - h.mean(0)
+    transform = discriminant_transform(hc.T @ hc / len(h), own.T @ own / len(h), 3, 0.2)
+    pooled = fold_into_embedding(weights, transform, h.mean(0))
     for name in pooled:
         np.testing.assert_allclose(federated[name], pooled[name], rtol=2e-3, atol=1e-4, err_msg=name)
 
 
-def test_server_survives_garbage_scatter(model_file: bytes) -> None:
+def test_server_survives_garbage_moments(model_file: bytes) -> None:
     """A device's matrices are only checked for shape and finiteness at upload: whatever it sends,
     the model that comes out is finite."""
-    d = TINY.embedding_dim
     strategy = make_strategy("fedface", LDA)
     weights = tensors.decode(model_file)
+    c = weights["project.weight"].shape[1]
     acc = Accumulator()
-    bad = {STAT_TENSORS[0]: np.full(d, 1e6, np.float32), STAT_TENSORS[1]: np.full(d, -1e6, np.float32),
-           EMBEDDING_SECOND_MOMENT: -1e6 * np.ones((d, d), np.float32),
-           EMBEDDING_WITHIN_SCATTER: 1e6 * np.eye(d, dtype=np.float32)}
+    bad = {HEAD_MEAN: np.full(c, 1e6, np.float32), HEAD_SECOND_MOMENT: -1e6 * np.ones((c, c), np.float32),
+           HEAD_WITHIN_SCATTER: 1e6 * np.eye(c, dtype=np.float32)}
     strategy.fold(acc, uuid.uuid4(), bad, 3)
     out = strategy.aggregate_weights(weights, acc)  # type: ignore[attr-defined]
     assert all(np.isfinite(v).all() for v in out.values())

@@ -210,7 +210,7 @@ def test_bad_round_configs_and_models_are_refused(api: httpx.Client) -> None:
         ({"deadline_s": -1}, "validation_error"),
         ({"algorithm": "fedface-private"}, "invalid_config"),  # no class centres attached
         # Valid parameters, but wider than the served model's embedding.
-        ({"algorithm": "fedface", "params": {"embedding_stats": True, "embedding_lda_dims": 1024}}, "invalid_config"),
+        ({"algorithm": "fedface", "params": {"embedding_lda_dims": 1024}}, "invalid_config"),
     ]:
         resp = api.post("/v1/admin/rounds", json=body, headers=ADMIN)
         assert resp.status_code == 422 and resp.json()["code"] == code, (body, resp.text)

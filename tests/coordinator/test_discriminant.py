@@ -61,23 +61,32 @@ def test_bad_arguments_are_refused(total: np.ndarray, within: np.ndarray, dims: 
         discriminant_transform(total, within, dims, 0.1)
 
 
-def test_folded_model_computes_the_transform_of_the_pre_bn_embedding() -> None:
+def test_a_transform_that_does_not_fit_the_projection_is_refused() -> None:
+    weights = {"project.weight": np.zeros((4, 6, 1, 1), np.float32)}
+    for transform, mean in ((np.zeros((5, 6)), np.zeros(6)), (np.zeros((2, 5)), np.zeros(5)),
+                            (np.zeros((2, 6)), np.zeros(5))):
+        with pytest.raises(ValueError, match="do not fit"):
+            fold_into_embedding(weights, transform, mean)
+
+
+def test_folded_model_computes_the_transform_of_the_projection_input() -> None:
     torch.manual_seed(0)
     manifest = ModelManifest(width=0.25, input_size=32, embedding_dim=16)
     model = manifest.build().eval()
     x = torch.randn(5, 3, 32, 32)
     seen: list[torch.Tensor] = []
-    hook = model.bn_embedding.register_forward_pre_hook(lambda _, inp: seen.append(inp[0].detach().double()))
+    hook = model.project.register_forward_pre_hook(lambda _, inp: seen.append(inp[0].detach().double().flatten(1)))
     with torch.no_grad():
         model(x)
     hook.remove()
-    z = seen[0].numpy()
+    h = seen[0].numpy()
+    c = h.shape[1]
     rng = np.random.default_rng(1)
-    transform, mean = rng.normal(size=(6, 16)), rng.normal(size=16)
+    transform, mean = rng.normal(size=(6, c)), rng.normal(size=c)
     load_numpy_state(model, fold_into_embedding(model_to_numpy(model), transform, mean))
     with torch.no_grad():
         features = model.features(x).double().numpy()
     expected = np.zeros((5, 16))
-    expected[:, :6] = (z - mean) @ transform.T
+    expected[:, :6] = (h - mean) @ transform.T
     # BatchNorm divides by sqrt(1 + eps) everywhere: the same direction, a uniform scale.
     np.testing.assert_allclose(features * np.sqrt(1 + model.bn_embedding.eps), expected, rtol=1e-4, atol=1e-4)

@@ -14,8 +14,9 @@ from sqlalchemy import create_engine, text
 from fedface_common.tensors import decode, encode
 from fedface_common.wire import (
     CLASS_EMBEDDING_TENSOR,
-    EMBEDDING_SECOND_MOMENT,
-    EMBEDDING_WITHIN_SCATTER,
+    HEAD_MEAN,
+    HEAD_SECOND_MOMENT,
+    HEAD_WITHIN_SCATTER,
     HEADER_BASE_VERSION,
     HEADER_NUM_SAMPLES,
 )
@@ -274,16 +275,13 @@ def _embedding_model(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def _lda_update(rng: np.random.Generator, base: dict[str, np.ndarray]) -> bytes:
-    """What a device sends in a discriminant round: zero weight deltas, its moments, its w_c."""
-    d = EMBEDDING_DIM
-    z = rng.standard_normal((5, d)) + rng.standard_normal(d)
-    own = z - z.mean(0)
+    """What a device sends in a discriminant round: zero weight deltas, its head moments, its w_c."""
+    h = rng.standard_normal((5, 6)) + rng.standard_normal(6)
+    own = h - h.mean(0)
     return encode({**{k: np.zeros_like(v) for k, v in base.items()},
-                   "bn_embedding.running_mean": z.mean(0).astype(np.float32),
-                   "bn_embedding.running_var": ((z * z).mean(0) - 1).astype(np.float32),
-                   EMBEDDING_SECOND_MOMENT: (z.T @ z / 5).astype(np.float32),
-                   EMBEDDING_WITHIN_SCATTER: (own.T @ own / 5).astype(np.float32),
-                   CLASS_EMBEDDING_TENSOR: rng.standard_normal(d).astype(np.float32)})
+                   HEAD_MEAN: h.mean(0).astype(np.float32), HEAD_SECOND_MOMENT: (h.T @ h / 5).astype(np.float32),
+                   HEAD_WITHIN_SCATTER: (own.T @ own / 5).astype(np.float32),
+                   CLASS_EMBEDDING_TENSOR: rng.standard_normal(EMBEDDING_DIM).astype(np.float32)})
 
 
 def test_a_discriminant_round_folds_the_transform_and_drops_the_old_class_embeddings(api: httpx.Client) -> None:
@@ -303,7 +301,7 @@ def test_a_discriminant_round_folds_the_transform_and_drops_the_old_class_embedd
     v2 = get_round(api, rnd["id"])["result_version_id"]
 
     lda = start_round(api, algorithm="fedface", target_devices=3, min_devices=3,
-                      params={"embedding_stats": True, "embedding_lda_dims": 2})
+                      params={"embedding_lda_dims": 2})
     assert devices[0].check_in()["task"]["has_class_embedding"] is True
     # An update without the moments is refused (the round's spec asks for them).
     plain = encode({**{k: np.zeros_like(v) for k, v in base.items()},

@@ -177,9 +177,8 @@ def test_fedface_sends_the_devices_their_loss_settings_and_nothing_server_side()
     ({"wc_lr_scale": -0.5}, "wc_lr_scale"), ({"wc_lr_scale": 101}, "wc_lr_scale"),
     ({"frozen": "bn_embedding.bias"}, "frozen"), ({"frozen": [""]}, "frozen"),
     ({"frozen": ["x" * 201]}, "frozen"), ({"frozen": ["a"] * 65}, "frozen"),
-    ({"embedding_lda_dims": 8}, "embedding_stats"), ({"embedding_stats": True, "embedding_lda_dims": 0}, "lda_dims"),
-    ({"embedding_stats": True, "embedding_lda_dims": 1025}, "lda_dims"),
-    ({"embedding_stats": True, "embedding_lda_dims": 8, "embedding_lda_shrinkage": -1}, "lda_shrinkage"),
+    ({"embedding_lda_dims": 0}, "lda_dims"), ({"embedding_lda_dims": 1025}, "lda_dims"),
+    ({"embedding_lda_dims": 8, "embedding_lda_shrinkage": -1}, "lda_shrinkage"),
 ])
 def test_bad_device_loss_settings_are_refused(bad: dict, field: str) -> None:
     for algorithm in ("fedface", "fedavg"):
