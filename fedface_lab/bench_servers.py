@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,6 +155,8 @@ def backend_env(workdir: Path, admin_token: str) -> Iterator[tuple[str, dict[str
     base = {"FEDFACE_ADMIN_TOKEN": admin_token, "FEDFACE_DATA_DIR": str(workdir / "data"),
             "FEDFACE_LOG_LEVEL": "WARNING"}
     if not (db_url and redis_url):
+        # A run interrupted earlier (a round left open) must not leak into this one.
+        shutil.rmtree(workdir / "data", ignore_errors=True)
         yield "embedded", server_env(**base)
         return
     import psycopg

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -196,6 +197,8 @@ def run_simulation(cfg: SimulationConfig, evaluate: Evaluator | None = None,
                    on_enroll: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run `cfg.rounds` rounds; evaluate every `eval_every` rounds and at the end when `evaluate` is given."""
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    # Device credentials from an earlier run belong to that run's coordinator state.
+    shutil.rmtree(cfg.work_dir / "devices", ignore_errors=True)
     threads = max(1, (os.cpu_count() or 1) // max(1, cfg.concurrency))
     torch.set_num_threads(threads)
     started = time.perf_counter()

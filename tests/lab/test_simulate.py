@@ -160,3 +160,23 @@ def test_centralized_finetune_on_a_slice(tiny_model: Path, data_root: Path, tmp_
     stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
     assert stats and all(np.array_equal(before[k], after[k]) for k in stats)
     assert not all(np.array_equal(before[k], after[k]) for k in before if k.endswith("conv.weight"))
+
+
+def test_a_simulation_starts_fresh_in_the_work_dir_of_an_interrupted_one(tiny_model: Path, data_root: Path,
+                                                                        tmp_path: Path) -> None:
+    """An earlier run that left a round open (killed mid-round) must not block or leak into the next one."""
+    from fedface_cli.admin_client import AdminClient
+    from fedface_lab.simulate import coordinator
+
+    cfg = SimulationConfig(model=tiny_model, data_root=data_root, work_dir=tmp_path / "sim", algorithm="fedface",
+                           devices=2, per_round=2, rounds=0, concurrency=1, batch_size=8, seed=3,
+                           enrollment_round=True)
+    run_simulation(cfg)
+    with coordinator(cfg.work_dir) as (url, token, _), AdminClient(url, token) as admin:
+        # The state is fresh for each coordinator: register a model and leave a round open.
+        (weights,) = (tmp_path / "sim" / "published").glob("*.weights.safetensors")
+        version = admin.register_model(weights, serve=True)
+        admin.start_round(cfg.round_config())
+        assert version["id"] == 1
+    (again,) = run_simulation(cfg)["history"]
+    assert (again["round"], again["participants"], again["submitted"]) == (0, 2, 2)
