@@ -50,15 +50,15 @@ class PositiveLossParams(StrategyParams):
     )
 
 
-
 class FedAvgStrategy(Strategy):
     name: ClassVar[str] = "fedavg"
     Params = PositiveLossParams
     uses_class_embeddings: ClassVar[bool] = True
+    params: PositiveLossParams
 
     def update_spec(self, model_spec: TensorSpec, embedding_dim: int | None) -> TensorSpec:
         spec = super().update_spec(model_spec, embedding_dim)
-        dims = self.params.embedding_lda_dims  # type: ignore[attr-defined]
+        dims = self.params.embedding_lda_dims
         if dims is None:
             return spec
         projection = model_spec.get(EMBEDDING_PROJECTION)
@@ -75,12 +75,12 @@ class FedAvgStrategy(Strategy):
     @property
     def replaces_embedding_space(self) -> bool:
         """A discriminant round re-expresses every feature: W rows measured before it mean nothing after."""
-        return self.params.embedding_lda_dims is not None  # type: ignore[attr-defined]
+        return self.params.embedding_lda_dims is not None
 
     def aggregate_weights(self, base: Mapping[str, np.ndarray], acc: Accumulator) -> dict[str, np.ndarray]:
         """The mean delta applied, then (with embedding_lda_dims) the discriminant folded in."""
         weights = self.apply_mean_delta(base, acc)
-        p: PositiveLossParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.embedding_lda_dims is None:
             return weights
         if not all(name in acc.sums for name in (HEAD_MEAN, HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER)):

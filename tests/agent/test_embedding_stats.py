@@ -122,7 +122,8 @@ LDA = {"embedding_lda_dims": 3, "embedding_lda_shrinkage": 0.2}
 
 def _head(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     seen: list[torch.Tensor] = []
-    hook = model.project.register_forward_pre_hook(lambda _, inp: seen.append(inp[0].detach().flatten(1)))
+    projection = model.get_submodule("project")
+    hook = projection.register_forward_pre_hook(lambda _, inp: seen.append(inp[0].detach().flatten(1)))
     model.eval()
     with torch.no_grad():
         model(x)

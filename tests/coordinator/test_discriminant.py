@@ -82,7 +82,7 @@ def test_folded_model_computes_the_transform_of_the_projection_input() -> None:
     h = seen[0].numpy()
     c = h.shape[1]
     rng = np.random.default_rng(1)
-    transform, mean = rng.normal(size=(6, c)), rng.normal(size=c)
+    transform, mean = rng.normal(size=(6, c)), rng.normal(size=(c,))
     load_numpy_state(model, fold_into_embedding(model_to_numpy(model), transform, mean))
     with torch.no_grad():
         features = model.features(x).double().numpy()
