@@ -48,9 +48,11 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
         for seed, points in seeds.items():
             ax.plot([p["round"] for p in points], [p["accuracy"] for p in points], marker="o", markersize=3,
                     label=f"{method} ({seed})")
+    levels = {"centralized": ("--", "centralized upper bound"), "lda": (":", "discriminant round, no training")}
     for row in result["rows"]:
-        if row["method"] == "centralized":
-            ax.axhline(row["accuracy"], linestyle="--", color="grey", label="centralized upper bound")
+        if row["method"] in levels:
+            style, label = levels[row["method"]]
+            ax.axhline(row["accuracy"], linestyle=style, color="grey", label=label)
     ax.set_xlabel("round")
     ax.set_ylabel("pairs accuracy, dev folds (A)")
     ax.grid(alpha=0.3)
