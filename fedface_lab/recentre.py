@@ -38,16 +38,16 @@ def recentre(model_path: Path, data: Path, out: Path, lda_dims: int | None = Non
     model, manifest = load_model(model_path)
     crops, labels = client_crops(data, manifest.input_size, CropCache(), None, names)
     x = normalise_uint8(torch.from_numpy(crops), manifest)
-    lda = {} if lda_dims is None else {"embedding_lda_dims": lda_dims, "embedding_lda_shrinkage": lda_shrinkage}
-    strategy = make_strategy("fedface", {"embedding_stats": True, **lda})
+    # The discriminant replaces the embedding BN outright, so it needs no re-centring first.
+    params = ({"embedding_stats": True} if lda_dims is None
+              else {"embedding_lda_dims": lda_dims, "embedding_lda_shrinkage": lda_shrinkage})
+    measure = embedding_stat_deltas if lda_dims is None else discriminant_moments
+    strategy = make_strategy("fedface", params)
     acc = Accumulator()
     # The server's own rule, fed one update per identity as its device would send it.
     for k in np.unique(labels):
         photos = x[torch.from_numpy(labels == k)]
-        update = embedding_stat_deltas(model, photos, batch_size=256)
-        if lda_dims is not None:
-            update.update(discriminant_moments(model, photos, batch_size=256))
-        strategy.fold(acc, uuid.uuid4(), update, len(photos))
+        strategy.fold(acc, uuid.uuid4(), measure(model, photos, batch_size=256), len(photos))
     load_numpy_state(model, strategy.aggregate_weights(model_to_numpy(model), acc))  # type: ignore[attr-defined]
     return save_model(out, model.eval(), manifest)
 

@@ -110,6 +110,8 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
         if rnd is None or rnd.state != AGGREGATING:
             return None  # another driver committed it while we computed
         now = utcnow()
+        if result.replaces_class_embeddings:  # before the version is written, so its metrics carry the count
+            metrics["class_embeddings_dropped"] = await ClassEmbeddingRepository(session).delete_all()
         versions = ModelVersionRepository(session)
         version = await versions.add(ModelVersion(
             parent_id=rnd.base_version_id, round_id=round_id, blob_sha256=new_sha, size_bytes=size,
@@ -117,8 +119,6 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
             metrics=metrics, created_at=now,
         ))
         await versions.set_served(version.id, now)
-        if result.replaces_class_embeddings:
-            metrics["class_embeddings_dropped"] = await ClassEmbeddingRepository(session).delete_all()
         if result.class_embeddings:
             await ClassEmbeddingRepository(session).upsert_many(result.class_embeddings, version.id)
         rnd.state, rnd.result_version_id, rnd.finished_at, rnd.metrics = COMMITTED, version.id, now, metrics

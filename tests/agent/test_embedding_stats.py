@@ -33,14 +33,24 @@ def _photos(n: int, seed: int, shift: float = 0.0) -> torch.Tensor:
     return torch.randn(n, 3, TINY.input_size, TINY.input_size, generator=torch.Generator().manual_seed(seed)) + shift
 
 
-def _pre_bn(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+def _inputs_to(layer: str, model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """What `layer` receives for the photos x, flattened per photo (computed here, not by the agent)."""
     seen: list[torch.Tensor] = []
-    hook = embedding_bn(model).register_forward_pre_hook(lambda _, inp: seen.append(inp[0].detach()))
+    hook = model.get_submodule(layer).register_forward_pre_hook(
+        lambda _, inp: seen.append(inp[0].detach().flatten(1)))
     model.eval()
     with torch.no_grad():
         model(x)
     hook.remove()
     return torch.cat(seen).double().numpy()
+
+
+def _pre_bn(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    return _inputs_to("bn_embedding", model, x)
+
+
+def _head(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    return _inputs_to("project", model, x)
 
 
 def test_device_moments_by_hand(model_file: bytes) -> None:
@@ -118,17 +128,6 @@ def test_without_embedding_stats_the_statistics_are_ordinary_deltas(model_file: 
 # 3 dimensions: the test's 4 devices span a 3-dimensional between-class scatter, and beyond it
 # the discriminant directions are any basis of a null space.
 LDA = {"embedding_lda_dims": 3, "embedding_lda_shrinkage": 0.2}
-
-
-def _head(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    seen: list[torch.Tensor] = []
-    projection = model.get_submodule("project")
-    hook = projection.register_forward_pre_hook(lambda _, inp: seen.append(inp[0].detach().flatten(1)))
-    model.eval()
-    with torch.no_grad():
-        model(x)
-    hook.remove()
-    return torch.cat(seen).double().numpy()
 
 
 def test_device_head_moments_by_hand(model_file: bytes) -> None:

@@ -315,6 +315,8 @@ def test_a_discriminant_round_folds_the_transform_and_drops_the_old_class_embedd
     wait_until(lambda: get_round(api, lda["id"])["state"] == "committed", what="round commit")
     done = get_round(api, lda["id"])
     assert done["metrics"]["class_embeddings_dropped"] == 3
+    versions = api.get("/v1/admin/models", headers=ADMIN).json()
+    assert next(v for v in versions if v["id"] == done["result_version_id"])["metrics"]["class_embeddings_dropped"] == 3
     got = decode(api.get(f"/v1/admin/models/{done['result_version_id']}/weights", headers=ADMIN).content)
     assert (got["project.weight"][2:] == 0).all() and (got["project.weight"][:2] != 0).any()
     np.testing.assert_array_equal(got["bn_embedding.running_var"], np.ones(EMBEDDING_DIM, np.float32))
