@@ -299,7 +299,7 @@ def train_local(
     # Measured on the model as received, so the server's mean is the statistics of one model.
     stat_deltas = embedding_stat_deltas(model, x, cfg.batch_size) if cfg.params.get("embedding_stats") else {}
     # Not model tensors: the discriminant's moments ride beside the deltas (see embedding_stats.py).
-    scatter = (discriminant_moments(model, x, cfg.batch_size)
+    scatter = (discriminant_moments(model, x, cfg.batch_size, bool(cfg.params.get("embedding_lda_mirror")))
                if cfg.params.get("embedding_lda_dims") is not None else {})
     backbone = trainable_parameters(model, cfg.params.get("frozen") or [])
     # No weight decay on w_c: the loss only sees its direction, so decay would

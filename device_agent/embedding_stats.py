@@ -105,11 +105,19 @@ def embedding_stat_deltas(model: nn.Module, x: torch.Tensor, batch_size: int = 6
     return _finite({name: d.cpu().numpy().astype(np.float32) for name, d in deltas.items()})
 
 
-def discriminant_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
+def discriminant_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 64,
+                         mirror: bool = False) -> dict[str, np.ndarray]:
     """The per-photo moments that `embedding_lda_dims` needs (coordinator/strategies/discriminant.py) of
     the projection's input h: its mean, its second moment (summed over devices: the population's), and
-    its scatter about the photos' own mean (this person's within-class scatter)."""
+    its scatter about the photos' own mean (this person's within-class scatter).
+
+    With `mirror`, each photo's left-right mirror image counts as one more photo of the owner: half the
+    devices hold two or three photos, too few to say how a face varies, and a mirror image is a pose
+    and lighting change that keeps the identity. The moments stay per-photo averages, so the server's
+    weighting by the device's photo count is unchanged."""
     h = projection_inputs(model, x, batch_size)
+    if mirror:
+        h = torch.cat([h, projection_inputs(model, torch.flip(x, dims=[-1]), batch_size)])
     mean = h.mean(dim=0)
     own = h - mean
     n = len(h)

@@ -1,6 +1,6 @@
 """The pooled-photo check of `embedding_stats` (and `embedding_lda_dims`):
 
-    python -m fedface_lab.recentre NAME MODEL [LDA_DIMS [SHRINKAGE]]
+    python -m fedface_lab.recentre NAME MODEL [LDA_DIMS [SHRINKAGE [mirror]]]
 
 re-estimates MODEL's embedding BatchNorm statistics from all client photos,
 without HTTP: each identity's moments come from the device's own code and are
@@ -33,21 +33,23 @@ from fedface_lab.dev_eval import DevEvaluator
 
 
 def recentre(model_path: Path, data: Path, out: Path, lda_dims: int | None = None,
-             lda_shrinkage: float = 0.1, names: list[str] | None = None) -> Path:
+             lda_shrinkage: float = 0.1, names: list[str] | None = None, lda_mirror: bool = False) -> Path:
     """MODEL with the statistics of the client identities `names` (all of them by default) applied."""
     model, manifest = load_model(model_path)
     crops, labels = client_crops(data, manifest.input_size, CropCache(), None, names)
     x = normalise_uint8(torch.from_numpy(crops), manifest)
     # The discriminant replaces the embedding BN outright, so it needs no re-centring first.
     params = ({"embedding_stats": True} if lda_dims is None
-              else {"embedding_lda_dims": lda_dims, "embedding_lda_shrinkage": lda_shrinkage})
-    measure = embedding_stat_deltas if lda_dims is None else discriminant_moments
+              else {"embedding_lda_dims": lda_dims, "embedding_lda_shrinkage": lda_shrinkage,
+                    "embedding_lda_mirror": lda_mirror})
     strategy = make_strategy("fedface", params)
     acc = Accumulator()
     # The server's own rule, fed one update per identity as its device would send it.
     for k in np.unique(labels):
         photos = x[torch.from_numpy(labels == k)]
-        strategy.fold(acc, uuid.uuid4(), measure(model, photos, batch_size=256), len(photos))
+        moments = (embedding_stat_deltas(model, photos, batch_size=256) if lda_dims is None
+                   else discriminant_moments(model, photos, 256, lda_mirror))
+        strategy.fold(acc, uuid.uuid4(), moments, len(photos))
     load_numpy_state(model, strategy.aggregate_weights(model_to_numpy(model), acc))  # type: ignore[attr-defined]
     return save_model(out, model.eval(), manifest)
 
@@ -58,10 +60,12 @@ def main(argv: list[str]) -> dict[str, Any]:
     name, model_path = argv[0], Path(argv[1])
     lda_dims = int(argv[2]) if len(argv) > 2 else None
     shrinkage = float(argv[3]) if len(argv) > 3 else 0.1
+    if len(argv) > 4 and argv[4] != "mirror":
+        raise SystemExit(f"the fifth argument can only be 'mirror', got {argv[4]!r}")
     data = Path(os.environ.get("FEDFACE_DATA", "../shared/data"))
     started = time.time()
     out_model = recentre(model_path, data, Path(os.environ.get("TMPDIR", "/tmp")) / f"recentred-{name}.safetensors",
-                         lda_dims, shrinkage)
+                         lda_dims, shrinkage, lda_mirror=len(argv) > 4)
     final = DevEvaluator(data, 0)(out_model, 0)
     return record_result(name, 0, ["recentre", str(model_path), *argv[2:]], time.time() - started, final)
 

@@ -44,6 +44,11 @@ class PositiveLossParams(StrategyParams):
         default=0.1, ge=0, le=100,
         description="Multiple of the within-class scatter's mean eigenvalue added to its diagonal before LDA",
     )
+    embedding_lda_mirror: bool = Field(
+        default=False,
+        description="Devices measure the discriminant's moments on each photo and its left-right mirror image:"
+        " twice the evidence of how their owner's face varies, for one more forward pass",
+    )
     frozen: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=64,
         description="Model parameters the devices must not train, by name prefix (e.g. bn_embedding.bias)",

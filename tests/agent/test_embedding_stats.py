@@ -141,6 +141,31 @@ def test_device_head_moments_by_hand(model_file: bytes) -> None:
     np.testing.assert_allclose(moments[HEAD_WITHIN_SCATTER], own.T @ own / 6, rtol=1e-4, atol=1e-6)
 
 
+def test_mirror_counts_each_mirror_image_as_one_more_photo(model_file: bytes) -> None:
+    model = decode_model(model_file).model
+    x = _photos(5, 4)
+    h = np.concatenate([_head(model, x), _head(model, torch.flip(x, dims=[3]))])
+    own = h - h.mean(0)
+    moments = discriminant_moments(model, x, batch_size=4, mirror=True)
+    np.testing.assert_allclose(moments[HEAD_MEAN], h.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(moments[HEAD_SECOND_MOMENT], h.T @ h / 10, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(moments[HEAD_WITHIN_SCATTER], own.T @ own / 10, rtol=1e-4, atol=1e-6)
+    plain = discriminant_moments(model, x, batch_size=4)
+    scale = np.abs(plain[HEAD_WITHIN_SCATTER]).max()  # an untrained model's features are ~1e-4
+    assert np.abs(plain[HEAD_WITHIN_SCATTER] - moments[HEAD_WITHIN_SCATTER]).max() > 0.1 * scale
+
+
+def test_training_measures_mirror_images_when_the_round_asks(model_file: bytes) -> None:
+    x = _photos(4, 5)
+    config = {"algorithm": "fedface", "local_epochs": 0, "batch_size": 4, "learning_rate": 0.1,
+              "params": {**LDA, "embedding_lda_mirror": True}}
+    sent = train_local(decode_model(model_file).model, tensors.decode(model_file), x,
+                       TrainingConfig.model_validate(config), seed=0).update_tensors("fedface")
+    expected = discriminant_moments(decode_model(model_file).model, x, 4, mirror=True)
+    for name in (HEAD_MEAN, HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER):
+        np.testing.assert_allclose(sent[name], expected[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
 def test_training_sends_the_head_moments_only_when_asked(model_file: bytes) -> None:
     x = _photos(5, 3)
     base = tensors.decode(model_file)

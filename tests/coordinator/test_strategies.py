@@ -170,7 +170,7 @@ def test_fedface_sends_the_devices_their_loss_settings_and_nothing_server_side()
     params = make_strategy("fedface", {"margin": 0.7, "wc_lr_scale": 0, "frozen": ["bn_embedding.bias"],
                                        "embedding_stats": True, "server_lr": 2}).client_params()
     assert params == {"margin": 0.7, "wc_lr_scale": 0.0, "frozen": ["bn_embedding.bias"], "embedding_stats": True,
-                      "embedding_lda_dims": None}
+                      "embedding_lda_dims": None, "embedding_lda_mirror": False}
 
 
 @pytest.mark.parametrize(("bad", "field"), [
@@ -179,6 +179,7 @@ def test_fedface_sends_the_devices_their_loss_settings_and_nothing_server_side()
     ({"frozen": ["x" * 201]}, "frozen"), ({"frozen": ["a"] * 65}, "frozen"),
     ({"embedding_lda_dims": 0}, "lda_dims"), ({"embedding_lda_dims": 1025}, "lda_dims"),
     ({"embedding_lda_dims": 8, "embedding_lda_shrinkage": -1}, "lda_shrinkage"),
+    ({"embedding_lda_dims": 8, "embedding_lda_mirror": "sometimes"}, "lda_mirror"),
 ])
 def test_bad_device_loss_settings_are_refused(bad: dict, field: str) -> None:
     for algorithm in ("fedface", "fedavg"):

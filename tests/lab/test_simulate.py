@@ -108,15 +108,18 @@ def test_enrollment_round_with_embedding_stats_recentres_only_the_embedding(tiny
     assert (after["bn_embedding.running_var"] >= 0).all()
 
 
+@pytest.mark.parametrize("mirror", [False, True])
 def test_enrollment_round_with_embedding_lda_folds_the_discriminant_into_the_embedding(
-        tiny_model: Path, data_root: Path, tmp_path: Path) -> None:
+        tiny_model: Path, data_root: Path, tmp_path: Path, mirror: bool) -> None:
     """With embedding_lda_dims, round 0 carries each device's scatter over real HTTP and the server
     folds the discriminant into the projection and the embedding BN (and changes nothing else); the
-    result equals the pooled computation of fedface_lab.recentre, one identity at a time."""
+    result equals the pooled computation of fedface_lab.recentre, one identity at a time (with mirror
+    images too when the round asks for them)."""
     from fedface_common.tensors import load_file
     from fedface_lab.recentre import recentre
 
-    params = {"embedding_stats": True, "embedding_lda_dims": 8, "embedding_lda_shrinkage": 0.5}
+    params = {"embedding_stats": True, "embedding_lda_dims": 8, "embedding_lda_shrinkage": 0.5,
+              "embedding_lda_mirror": mirror}
     cfg = SimulationConfig(model=tiny_model, data_root=data_root, work_dir=tmp_path / "sim", algorithm="fedface",
                            devices=3, per_round=2, rounds=0, concurrency=1, batch_size=8, seed=3,
                            enrollment_round=True, params=params)
@@ -133,7 +136,7 @@ def test_enrollment_round_with_embedding_lda_folds_the_discriminant_into_the_emb
     rows = np.abs(after["project.weight"].reshape(32, -1)).sum(axis=1)
     assert (rows[:8] > 0).all() and (rows[8:] == 0).all()
     names = [name for name, _ in choose_clients(data_root, 3, 3)]
-    pooled = load_file(recentre(tiny_model, data_root, tmp_path / "pooled.safetensors", 8, 0.5, names))
+    pooled = load_file(recentre(tiny_model, data_root, tmp_path / "pooled.safetensors", 8, 0.5, names, mirror))
     for k in folded:
         np.testing.assert_allclose(after[k], pooled[k], rtol=1e-3, atol=1e-5)
 
@@ -180,3 +183,10 @@ def test_a_simulation_starts_fresh_in_the_work_dir_of_an_interrupted_one(tiny_mo
         assert version["id"] == 1
     (again,) = run_simulation(cfg)["history"]
     assert (again["round"], again["participants"], again["submitted"]) == (0, 2, 2)
+
+
+def test_recentre_refuses_an_unknown_fifth_argument(tiny_model: Path) -> None:
+    from fedface_lab.recentre import main
+
+    with pytest.raises(SystemExit, match="only be 'mirror'"):
+        main(["name", str(tiny_model), "8", "0.1", "flip"])
