@@ -38,8 +38,9 @@ demo: install
 bench-ingest: install
 	$(VENV)/bin/fedface bench ingest --devices 500 --params 1000000 --out docs/results/ingest.json
 
+# Writes beside the work directory, not over a committed table of docs/results/ (each is one host class's).
 bench-fedface: install
-	$(VENV)/bin/fedface bench fedface --out docs/results/fedface.json
+	$(VENV)/bin/fedface bench fedface --out fedface-data/fedface-results.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache fedface-data

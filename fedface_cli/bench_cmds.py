@@ -67,7 +67,9 @@ def ingest(
 
 @app.command("fedface")
 def fedface(
-    out: Path = typer.Option(Path("docs/results/fedface.json"), dir_okay=False, help="JSON results"),
+    out: Path = typer.Option(Path("fedface-data/fedface-results.json"), dir_okay=False,
+                             help="JSON results (the table and plot go beside it); the committed tables in"
+                             " docs/results/ are written only when --out names them"),
     quick: bool = typer.Option(False, "--quick", help="10 rounds of 50, 1 seed, 5 centralized epochs (~15 min)"),
     data: Path = typer.Option(Path("../shared/data"), envvar="FEDFACE_DATA", help="Face data root"),
     work_dir: Path = typer.Option(Path("fedface-data/bench-fedface"), help="Coordinator and device state"),
