@@ -7,8 +7,10 @@ centralized fine-tuning on the pooled client photos (the upper bound) ->
 evaluate everything on the development folds. Two baselines of no training at
 all (one statistics round of every device: re-centring, and the discriminant
 transform of coordinator/strategies/discriminant.py) say what FedFace's training
-adds; the centralized model gets the same discriminant transform (pooled) so
-that the upper bound is not held to a weaker recipe than the federated rows."""
+adds; the same discriminant round also runs as a closing step after FedFace's
+training (and fedface-private's), from each seed's final model; the centralized
+model gets the same discriminant transform (pooled) so that the upper bound is
+not held to a weaker recipe than the federated rows."""
 
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from fedface_lab.centralized import CentralizedConfig, centralized_finetune
+from fedface_lab.datasets import read_clients
 from fedface_lab.dev_eval import DevEvaluator
 from fedface_lab.machine import float_kernels, machine_info
 from fedface_lab.model_cache import cached_pretrain
 from fedface_lab.pretrain import PretrainConfig
 from fedface_lab.recentre import recentre
-from fedface_lab.simulate import RoundRecord, SimulationConfig, run_simulation
+from fedface_lab.simulate import Evaluator, RoundRecord, SimulationConfig, run_simulation
 
 METHODS = ("fedface", "fedavg", "fedface-private")
 HEADLINE = ("accuracy", "tar@far=0.001", "tar@far=0.0001", "auc")
@@ -62,6 +65,12 @@ class ExperimentPlan:
     lda_mirror: bool = True
     # The no-training baselines to run (each is one round of every device, ~3 minutes here).
     statistics_rows: tuple[str, ...] = ("recentred", "lda")
+    # Methods whose final model (each seed's) also gets the discriminant round as a closing step, the
+    # `METHOD+lda` rows. Closing, because training after the discriminant undid it (README, tuning).
+    closing_lda: tuple[str, ...] = ("fedface", "fedface-private")
+    # The centralized rows train on the first N client identities; None is all of them, which is
+    # the full population every published plan's devices hold. Small plans (tests) name fewer.
+    centralized_identities: int | None = None
 
     @staticmethod
     def full(data: Path) -> ExperimentPlan:
@@ -74,12 +83,13 @@ class ExperimentPlan:
     def quick(data: Path) -> ExperimentPlan:
         """The full plan's pretrained model (same cache entry) and population,
         with half the devices per round, 10 rounds and one seed: a smaller model
-        of its own learned too little for the comparison to mean anything. Of the
-        no-training baselines only the discriminant round, to stay within 15 minutes."""
+        of its own learned too little for the comparison to mean anything. No
+        no-training baseline, and FedFace's closing discriminant round only, to stay
+        within 15 minutes."""
         return ExperimentPlan(
             name="quick", devices=1012, per_round=50, rounds=10, seeds=(0,), eval_every=5,
             pretrain=full_pretrain(data), params=default_params(1012), centralized_epochs=5,
-            statistics_rows=("lda",),
+            statistics_rows=(), closing_lda=("fedface",),
         )
 
 
@@ -125,13 +135,17 @@ def _row(method: str, evals: list[dict[str, Any]], rounds: int, wall_s: float,
     return row
 
 
-def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callable[[str], None] = print,
+                   evaluator_for: Callable[[int], Evaluator] | None = None,
+                   models_dir: Path | None = None) -> dict[str, Any]:
+    """`evaluator_for(final_round)` evaluates a model (the development folds unless a test slices
+    them); `models_dir` holds the pretrained-model cache (the user cache unless given)."""
     started = time.perf_counter()
-    evaluator = DevEvaluator(data, plan.rounds)
+    evaluator_for = evaluator_for or (lambda final_round: DevEvaluator(data, final_round))
+    evaluator = evaluator_for(plan.rounds)
 
     t0 = time.perf_counter()
-    model, cached = cached_pretrain(plan.pretrain)
+    model, cached = cached_pretrain(plan.pretrain, models_dir)
     pretrain_s = time.perf_counter() - t0
     log(f"pretrained model {model} ({'cached' if cached else f'trained in {pretrain_s:.0f} s'})")
     pre_eval = evaluator(model, plan.rounds)  # the full metric set
@@ -142,28 +156,37 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path,
     t0 = time.perf_counter()
     central = centralized_finetune(CentralizedConfig(pretrained=model, data_root=data,
                                                      out=work_dir / "centralized.safetensors",
-                                                     epochs=plan.centralized_epochs))
+                                                     epochs=plan.centralized_epochs,
+                                                     max_identities=plan.centralized_identities))
     central_row = _row("centralized", [evaluator(central, plan.rounds)], 0, time.perf_counter() - t0, None)
     log(f"centralized: {_fmt(central_row)}")
     t0 = time.perf_counter()
+    names = ([name for name, _ in read_clients(data / "protocol" / "clients.txt")][:plan.centralized_identities]
+             if plan.centralized_identities else None)
     central_lda = recentre(central, data, work_dir / "centralized-lda.safetensors", plan.lda_dims, plan.lda_shrinkage,
-                           lda_mirror=plan.lda_mirror)
+                           names, plan.lda_mirror)
     central_lda_row = _row("centralized+lda", [evaluator(central_lda, plan.rounds)], 0, time.perf_counter() - t0,
                            None)
     log(f"centralized+lda: {_fmt(central_lda_row)}")
 
     fedface_params = plan.params.get("fedface", {})
-    lda_params = {"embedding_lda_dims": plan.lda_dims, "embedding_lda_shrinkage": plan.lda_shrinkage,
-                  "embedding_lda_mirror": plan.lda_mirror}
-    baselines: dict[str, dict[str, Any]] = {"recentred": {"embedding_stats": True}, "lda": lda_params}
+    lda_params = {**fedface_params, "embedding_lda_dims": plan.lda_dims,
+                  "embedding_lda_shrinkage": plan.lda_shrinkage, "embedding_lda_mirror": plan.lda_mirror}
+    baselines: dict[str, dict[str, Any]] = {"recentred": {**fedface_params, "embedding_stats": True},
+                                            "lda": lda_params}
+
+    def statistics_round(start: Path, name: str, params: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
+        return _statistics_round(plan, start, data, work_dir / name, params, evaluator_for(0))
+
     for name in plan.statistics_rows:
-        extra = baselines[name]
-        rows.append(_statistics_round(plan, model, data, work_dir, name, {**fedface_params, **extra}))
+        ev, wall, up = statistics_round(model, name, baselines[name])
+        rows.append(_row(name, [ev], 0, wall, up))
         log(f"{name}: {_fmt(rows[-1])}")
 
     curves: dict[str, dict[str, list[Any]]] = {}
     for method in METHODS:
         evals, walls, bytes_up = [], [], []
+        closing: list[tuple[dict[str, Any], float, float]] = []
         for seed in plan.seeds:
             def on_round(r: RoundRecord, method: str = method, seed: int = seed) -> None:
                 acc = f", acc {r.eval['accuracy']:.4f}" if r.eval else ""
@@ -186,39 +209,59 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path,
                    "w_mean_offdiag_cos": r["server_metrics"].get("w_mean_offdiag_cos"),
                    "mean_loss_after": r["mean_loss_after"]} for r in history if r["eval"]),
             ]
+            if method in plan.closing_lda:
+                closing.append(statistics_round(Path(sim["final_model"]), f"{method}+lda-seed{seed}", lda_params))
+                log(f"{method}+lda seed {seed}: {_fmt(closing[-1][0])}")
         rows.append(_row(method, evals, plan.rounds, float(np.mean(walls)), float(np.mean(bytes_up))))
         log(f"{method}: {_fmt(rows[-1])}")
+        if closing:
+            # Its wall time is the whole path to that model (training, then the closing round); its
+            # upload is the closing round's.
+            rows.append(_row(f"{method}+lda", [ev for ev, _, _ in closing], plan.rounds + 1,
+                             float(np.mean([w + c for w, (_, c, _) in zip(walls, closing, strict=True)])),
+                             float(np.mean([up for _, _, up in closing]))))
+            log(f"{method}+lda: {_fmt(rows[-1])}")
 
     rows += [central_row, central_lda_row]
-    by = {r["method"]: r for r in rows}
-
-    def closed_by(method: str, bound: str = "centralized") -> float | None:
-        gap = by[bound]["tar@far=0.001"] - by["pretrained"]["tar@far=0.001"]
-        return (by[method]["tar@far=0.001"] - by["pretrained"]["tar@far=0.001"]) / gap if gap > 0 else None
     return {
         "plan": {k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items() if k != "pretrain"},
         "pretrain": {k: str(v) for k, v in plan.pretrain.__dict__.items()},
-        "rows": rows, "curves": curves, "fedface_gap_closed_tar@far=0.001": closed_by("fedface"),
-        **{f"{name}_gap_closed_tar@far=0.001": closed_by(name) for name in plan.statistics_rows},
-        **({"lda_gap_to_centralized+lda_closed_tar@far=0.001": closed_by("lda", "centralized+lda")}
-           if "lda" in plan.statistics_rows else {}),
+        "rows": rows, "curves": curves, **gaps_closed(rows),
         "wall_s": round(time.perf_counter() - started, 1), "finished_at": datetime.now(UTC).isoformat(),
         "machine": {**machine_info(), **float_kernels()},
     }
 
 
-def _statistics_round(plan: ExperimentPlan, model: Path, data: Path, work_dir: Path, name: str,
-                      params: dict[str, Any]) -> dict[str, Any]:
-    """The pretrained model after one round of every device with `embedding_stats` or
-    `embedding_lda_dims` and no training: the embedding re-centred on the devices' faces
-    (device_agent/embedding_stats.py), or their discriminant folded in. A baseline for what
-    FedFace's training adds; deterministic, so one run."""
+def gaps_closed(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Each method's share of the pretrained-to-centralized gap in TAR@FAR=1e-3 (None when there
+    is no gap), and each discriminant row's share of the gap to centralized+lda, the upper bound
+    given the same transform."""
+    by = {r["method"]: r for r in rows}
+    start = by["pretrained"]["tar@far=0.001"]
+
+    def closed_by(method: str, bound: str) -> float | None:
+        gap = by[bound]["tar@far=0.001"] - start
+        return (by[method]["tar@far=0.001"] - start) / gap if gap > 0 else None
+
+    methods = [m for m in by if m not in ("pretrained", "centralized", "centralized+lda")]
+    return {
+        **{f"{m}_gap_closed_tar@far=0.001": closed_by(m, "centralized") for m in methods},
+        **{f"{m}_gap_to_centralized+lda_closed_tar@far=0.001": closed_by(m, "centralized+lda")
+           for m in methods if m == "lda" or m.endswith("+lda")},
+    }
+
+
+def _statistics_round(plan: ExperimentPlan, model: Path, data: Path, work_dir: Path, params: dict[str, Any],
+                      evaluator: Evaluator) -> tuple[dict[str, Any], float, float]:
+    """MODEL after one round of every device with `embedding_stats` or `embedding_lda_dims` and
+    no training: the embedding re-centred on the devices' faces (device_agent/embedding_stats.py),
+    or their discriminant folded in. Deterministic, so one run. (eval, wall seconds, upload bytes)"""
     sim = run_simulation(SimulationConfig(
-        model=model, data_root=data, work_dir=work_dir / name, algorithm="fedface", devices=plan.devices,
+        model=model, data_root=data, work_dir=work_dir, algorithm="fedface", devices=plan.devices,
         rounds=0, enrollment_round=True, concurrency=plan.concurrency, batch_size=plan.batch_size,
-        params=params), DevEvaluator(data, 0))
+        params=params), evaluator)
     (record,) = sim["history"]
-    return _row(name, [record["eval"]], 0, sim["wall_s"], record["bytes_up_per_device"])
+    return record["eval"], float(sim["wall_s"]), float(record["bytes_up_per_device"])
 
 
 def _fmt(m: dict[str, Any]) -> str:

@@ -9,19 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedface_lab.dev_eval import DevEvaluator, identity_mean_cosine
-from fedface_lab.pretrain import PretrainConfig, pretrain
+from fedface_lab.dev_eval import identity_mean_cosine
+from fedface_lab.pretrain import pretrain
 from fedface_lab.simulate import SimulationConfig, choose_clients, run_simulation
-
-
-def _slice(src: Path, dst: Path, lines_per_fold: int) -> Path:
-    """The header and the first lines of each of the two 600-line folds of dev_pairs.txt."""
-    rows = src.read_text().splitlines()
-    body = rows[1:]
-    keep = [*body[:lines_per_fold // 2], *body[300:300 + lines_per_fold // 2],
-            *body[600:600 + lines_per_fold // 2], *body[900:900 + lines_per_fold // 2]]
-    dst.write_text(f"2\t{lines_per_fold // 2}\n" + "\n".join(keep) + "\n")
-    return dst
+from tests.lab.slices import slice_evaluator, tiny_pretrain_config
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +23,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (root / "cfp").is_dir():
         pytest.skip(f"face data not found at {root} (set FEDFACE_DATA)")
     out = tmp_path_factory.mktemp("pretrained") / "tiny.safetensors"
-    pretrain(PretrainConfig(data=root / "cfp", out=out, input_size=32, width=0.25, embedding_dim=32, epochs=1,
-                            batch_size=64, max_identities=6, progress=False, threads=1))
+    pretrain(tiny_pretrain_config(root, out))
     return out
 
 
 @pytest.mark.parametrize("algorithm", ["fedface", "fedface-private"])
 def test_simulation_runs_rounds_through_the_real_coordinator(algorithm: str, tiny_model: Path, data_root: Path,
                                                             tmp_path: Path) -> None:
-    pairs = _slice(data_root / "protocol" / "dev_pairs.txt", tmp_path / "pairs.txt", 20)
-    images = tmp_path / "images.txt"
-    images.write_text("\n".join((data_root / "protocol" / "dev_images.txt").read_text().splitlines()[:40]) + "\n")
     cfg = SimulationConfig(model=tiny_model, data_root=data_root, work_dir=tmp_path / "sim", algorithm=algorithm,
                            devices=3, per_round=2, rounds=2, concurrency=1, batch_size=8, eval_every=1, seed=3)
     seen: list[object] = []
-    result = run_simulation(cfg, DevEvaluator(data_root, 2, pairs_file=pairs, images_file=images),
+    result = run_simulation(cfg, slice_evaluator(data_root, tmp_path, 2),
                             on_round=seen.append)
     history = result["history"]
     assert [r["round"] for r in history] == [1, 2] and len(seen) == 2
@@ -91,13 +78,10 @@ def test_enrollment_round_with_embedding_stats_recentres_only_the_embedding(tiny
     pooled moments (and changes nothing else); as the only round, it is the one evaluated."""
     from fedface_common.tensors import load_file
 
-    pairs = _slice(data_root / "protocol" / "dev_pairs.txt", tmp_path / "pairs.txt", 20)
-    images = tmp_path / "images.txt"
-    images.write_text("\n".join((data_root / "protocol" / "dev_images.txt").read_text().splitlines()[:40]) + "\n")
     cfg = SimulationConfig(model=tiny_model, data_root=data_root, work_dir=tmp_path / "sim", algorithm="fedface",
                            devices=3, per_round=2, rounds=0, concurrency=1, batch_size=8, seed=3,
                            enrollment_round=True, params={"embedding_stats": True})
-    result = run_simulation(cfg, DevEvaluator(data_root, 0, pairs_file=pairs, images_file=images))
+    result = run_simulation(cfg, slice_evaluator(data_root, tmp_path, 0))
     (enrollment,) = result["history"]
     assert "auc" in enrollment["eval"]
     (published,) = (tmp_path / "sim" / "published").glob("*.weights.safetensors")

@@ -1,0 +1,98 @@
+"""`fedface bench fedface`'s orchestration on a small slice: every row the plan asks for, each
+closing discriminant round started from its own seed's trained model, the rows' means over
+seeds, the gap shares and the report, with a tiny model and three devices over real HTTP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedface_common.tensors import load_file
+from fedface_lab.bench_fedface import ExperimentPlan, gaps_closed, run_experiment
+from fedface_lab.bench_report import write_report
+from fedface_lab.recentre import recentre
+from fedface_lab.simulate import choose_clients
+from tests.lab.slices import slice_evaluator, tiny_pretrain_config
+
+Experiment = tuple[dict[str, Any], Path, Path]  # the result, the work folder, the data root
+FOLDED = ("project.weight", "bn_embedding.running_mean", "bn_embedding.running_var", "bn_embedding.weight",
+          "bn_embedding.bias")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Experiment:
+    root = Path(os.environ.get("FEDFACE_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    if not (root / "protocol" / "clients.txt").is_file():
+        pytest.skip(f"face data not found at {root} (set FEDFACE_DATA)")
+    work = tmp_path_factory.mktemp("bench")
+    plan = ExperimentPlan(name="tiny", pretrain=tiny_pretrain_config(root, Path("unused")), devices=3, per_round=2,
+                          rounds=1, seeds=(0, 1), eval_every=1, batch_size=8, concurrency=1, centralized_epochs=1,
+                          centralized_identities=3, lda_dims=8, statistics_rows=("lda",), closing_lda=("fedface",))
+    logged: list[str] = []
+    result = run_experiment(plan, root, work / "run", log=logged.append,
+                            evaluator_for=lambda final: slice_evaluator(root, work / "eval", final),
+                            models_dir=work / "models")
+    assert any("trained in" in line for line in logged)  # the cache was empty: it pretrained
+    return result, work, root
+
+
+def test_the_plan_gives_every_row_in_order_with_one_closing_row(experiment: Experiment) -> None:
+    result, _, _ = experiment
+    assert [r["method"] for r in result["rows"]] == [
+        "pretrained", "lda", "fedface", "fedface+lda", "fedavg", "fedface-private", "centralized", "centralized+lda"]
+    by = {r["method"]: r for r in result["rows"]}
+    assert by["fedface"]["rounds"] == 1 and by["fedface+lda"]["rounds"] == 2
+    assert by["fedface+lda"]["seeds"] == 2 and by["lda"]["seeds"] == 1
+    # The closing round uploads what the discriminant round from the pretrained model uploads.
+    assert by["fedface+lda"]["bytes_up_per_device_per_round"] == by["lda"]["bytes_up_per_device_per_round"]
+    assert by["fedface+lda"]["wall_s"] > by["fedface"]["wall_s"]  # training, then the closing round
+    assert set(result["curves"]) == {"fedface", "fedavg", "fedface-private"}
+
+
+def test_each_closing_round_folds_the_discriminant_of_its_own_seeds_trained_model(
+        experiment: Experiment) -> None:
+    result, work, root = experiment
+    names = [name for name, _ in choose_clients(root, 3, 0)]  # the closing round's devices
+    evaluator = slice_evaluator(root, work / "eval-check", 0)
+    accuracies = []
+    for seed in (0, 1):
+        trained = work / "run" / f"fedface-seed{seed}" / "final.safetensors"
+        closed = work / "run" / f"fedface+lda-seed{seed}" / "final.safetensors"
+        pooled = load_file(recentre(trained, root, work / f"pooled-{seed}.safetensors", 8, 0.1, names, True))
+        after = load_file(closed)
+        for key in FOLDED:
+            np.testing.assert_allclose(after[key], pooled[key], rtol=1e-3, atol=1e-5)
+        # Everything else is the trained model's, not the pretrained one's.
+        before = load_file(trained)
+        assert all(np.array_equal(before[k], after[k]) for k in before if k not in FOLDED)
+        accuracies.append(evaluator(closed, 0)["accuracy"])
+    row = next(r for r in result["rows"] if r["method"] == "fedface+lda")
+    assert row["accuracy"] == pytest.approx(float(np.mean(accuracies)), abs=1e-12)
+    assert row["accuracy_std"] == pytest.approx(float(np.std(accuracies, ddof=1)), abs=1e-12)
+
+
+def test_gap_shares_and_the_report(experiment: Experiment, tmp_path: Path) -> None:
+    result, _, _ = experiment
+    assert {k: result[k] for k in gaps_closed(result["rows"])} == gaps_closed(result["rows"])
+    md = write_report(result, tmp_path / "t.md", tmp_path / "t.png")
+    assert "| fedface+lda |" in md and (tmp_path / "t.png").stat().st_size > 0
+    assert "fedface+lda_gap_to_centralized+lda_closed_tar@far=0.001" in result
+
+
+def test_gap_shares_by_hand() -> None:
+    def row(method: str, tar: float) -> dict[str, Any]:
+        return {"method": method, "tar@far=0.001": tar}
+
+    rows = [row("pretrained", 0.04), row("lda", 0.08), row("fedface", 0.03), row("fedface+lda", 0.09),
+            row("centralized", 0.10), row("centralized+lda", 0.12)]
+    got = gaps_closed(rows)
+    assert got["lda_gap_closed_tar@far=0.001"] == pytest.approx(4 / 6)
+    assert got["fedface_gap_closed_tar@far=0.001"] == pytest.approx(-1 / 6)
+    assert got["fedface+lda_gap_to_centralized+lda_closed_tar@far=0.001"] == pytest.approx(5 / 8)
+    assert "fedface_gap_to_centralized+lda_closed_tar@far=0.001" not in got
+    no_gap = [row("pretrained", 0.1), row("fedface", 0.2), row("centralized", 0.1), row("centralized+lda", 0.05)]
+    assert gaps_closed(no_gap) == {"fedface_gap_closed_tar@far=0.001": None}
