@@ -41,7 +41,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines += ["", f"Seeds: {len(seeds)} (± is the standard deviation over seeds). Share of the "
                   f"pretrained-to-centralized gap in TAR@FAR=1e-3 closed: {'; '.join(closed)}."
               + (f" Against centralized+lda: {'; '.join(to_lda)}." if to_lda else "")
-              + f" Total wall time {result['wall_s'] / 60:.0f} min."]
+              + f" Total wall time {int(result['wall_s'] // 60)} min {result['wall_s'] % 60:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
