@@ -1,4 +1,10 @@
-"""Model versions: registration, lineage, promotion and rollback."""
+"""Model versions: registration, lineage, promotion and rollback.
+
+FedFace's W rows are measured in the embedding space of the version that wrote them, so changing
+the served version drops the rows written outside its lineage (a rolled-back branch, another
+registered model); those devices start their row again from their photos at their next round.
+The served model changes only between rounds: a running round would commit a child of its own
+base and serve that, undoing the operator's choice."""
 
 from __future__ import annotations
 
@@ -9,14 +15,22 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.context import AppContext
-from coordinator.errors import InvalidMetadata, InvalidRoundState, ModelNotFound, TensorSpecMismatch
+from coordinator.errors import (
+    InvalidMetadata,
+    InvalidRoundState,
+    ModelNotFound,
+    RoundActive,
+    TensorSpecMismatch,
+)
 from coordinator.services.uploads import receive, validate_staged_async
 from fedface_common.tensors import TensorInfo, spec_to_json
 from fedface_common.wire import CLASS_CENTRES_TENSOR, MANIFEST_METADATA_KEY
 from storage.db import utcnow
 from storage.models import ModelVersion
 from storage.repositories.audit import AuditRepository
+from storage.repositories.embeddings import ClassEmbeddingRepository
 from storage.repositories.models_repo import ModelVersionRepository
+from storage.repositories.rounds import RoundRepository
 
 
 def parse_manifest(metadata: dict[str, str]) -> dict[str, Any]:
@@ -39,6 +53,8 @@ async def register(
     session: AsyncSession, ctx: AppContext, actor: str, body: AsyncIterator[bytes], content_length: str | None,
     note: str | None, serve: bool,
 ) -> ModelVersion:
+    if serve:  # before the upload, so a refused request stores nothing
+        await _refuse_while_a_round_runs(session)
     writer = await receive(body, content_length, ctx.settings.max_model_bytes, ctx.blobs)
     try:
         spec, metadata = await validate_staged_async(writer, None)
@@ -52,9 +68,10 @@ async def register(
         ModelVersion(blob_sha256=sha, size_bytes=writer.size, manifest=manifest, tensor_spec=spec_to_json(spec),
                      metrics={}, note=note, created_at=utcnow())
     )
-    if serve or await repo.served_id() is None:
-        await repo.set_served(version.id, utcnow())
-    await AuditRepository(session).record(actor, "model.register", str(version.id), sha256=sha, served=serve)
+    served = serve or await repo.served_id(lock=True) is None
+    dropped = await _serve(session, version.id) if served else 0
+    await AuditRepository(session).record(actor, "model.register", str(version.id), sha256=sha, served=served,
+                                          class_embeddings_dropped=dropped)
     return version
 
 
@@ -100,8 +117,10 @@ async def promote(session: AsyncSession, actor: str, version_id: int) -> ModelVe
     version = await get(session, version_id)
     repo = ModelVersionRepository(session)
     previous = await repo.served_id(lock=True)
-    await repo.set_served(version.id, utcnow())
-    await AuditRepository(session).record(actor, "model.promote", str(version_id), previous=previous)
+    await _refuse_while_a_round_runs(session)
+    dropped = await _serve(session, version.id)
+    await AuditRepository(session).record(actor, "model.promote", str(version_id), previous=previous,
+                                          class_embeddings_dropped=dropped)
     return version
 
 
@@ -112,11 +131,26 @@ async def rollback(session: AsyncSession, actor: str) -> ModelVersion:
     current = await repo.get(current_id) if current_id is not None else None
     if current is None or current.parent_id is None:
         raise InvalidRoundState("the served version has no parent to roll back to")
-    await repo.set_served(current.parent_id, utcnow())
-    await AuditRepository(session).record(actor, "model.rollback", str(current.parent_id), previous=current_id)
+    await _refuse_while_a_round_runs(session)
+    dropped = await _serve(session, current.parent_id)
+    await AuditRepository(session).record(actor, "model.rollback", str(current.parent_id), previous=current_id,
+                                          class_embeddings_dropped=dropped)
     parent = await repo.get(current.parent_id)
     assert parent is not None
     return parent
+
+
+async def _refuse_while_a_round_runs(session: AsyncSession) -> None:
+    active = await RoundRepository(session).active()
+    if active is not None:
+        raise RoundActive(f"round {active.id} is {active.state}: stop or cancel it before changing the served model")
+
+
+async def _serve(session: AsyncSession, version_id: int) -> int:
+    """Serve VERSION_ID; returns how many W rows were dropped for lying outside its lineage."""
+    repo = ModelVersionRepository(session)
+    await repo.set_served(version_id, utcnow())
+    return await ClassEmbeddingRepository(session).delete_outside(await repo.lineage(version_id))
 
 
 def embedding_dim(version: ModelVersion) -> int | None:

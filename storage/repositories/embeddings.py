@@ -33,6 +33,12 @@ class ClassEmbeddingRepository:
         result = await self.session.execute(delete(ClassEmbedding))
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
+    async def delete_outside(self, version_ids: set[int]) -> int:
+        """Drop the rows written by a version outside VERSION_IDS (another model's or an abandoned
+        branch's embedding space)."""
+        result = await self.session.execute(delete(ClassEmbedding).where(ClassEmbedding.version_id.not_in(version_ids)))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     async def upsert_many(self, rows: Mapping[uuid.UUID, np.ndarray], version_id: int) -> None:
         now = utcnow()
         for device_id, vec in rows.items():

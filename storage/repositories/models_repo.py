@@ -5,6 +5,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from storage.models import ModelVersion, ServedModel
 
@@ -23,6 +24,14 @@ class ModelVersionRepository:
 
     async def list(self, limit: int = 1000) -> Sequence[ModelVersion]:
         return (await self.session.scalars(select(ModelVersion).order_by(ModelVersion.id).limit(limit))).all()
+
+    async def lineage(self, version_id: int) -> set[int]:
+        """The version and all its ancestors (the versions it was trained from), in one recursive query."""
+        chain = select(ModelVersion.id, ModelVersion.parent_id).where(ModelVersion.id == version_id).cte(
+            "lineage", recursive=True)
+        parent = aliased(ModelVersion)
+        chain = chain.union_all(select(parent.id, parent.parent_id).where(parent.id == chain.c.parent_id))
+        return set((await self.session.scalars(select(chain.c.id))).all())
 
     async def served_id(self, lock: bool = False) -> int | None:
         stmt = select(ServedModel).where(ServedModel.id == 1)

@@ -244,9 +244,10 @@ def test_only_one_active_round_and_promote_rollback(api: httpx.Client) -> None:
     assert rnd["base_version_id"] == v2["id"]
     again = api.post("/v1/admin/rounds", json={"algorithm": "fedavg"}, headers=ADMIN)
     assert again.status_code == 409 and again.json()["code"] == "round_active"
+    assert api.post(f"/v1/admin/rounds/{rnd['id']}/cancel", headers=ADMIN).status_code == 200
     # v2 has no parent: rollback is refused and nothing changes.
     rb = api.post("/v1/admin/models/rollback", headers=ADMIN)
-    assert rb.status_code == 409
+    assert rb.status_code == 409 and rb.json()["code"] == "invalid_round_state", rb.text
     served = [v["id"] for v in api.get("/v1/admin/models", headers=ADMIN).json() if v["served"]]
     assert served == [v2["id"]] and v1["id"] != v2["id"]
     audit = [e["action"] for e in api.get("/v1/admin/audit", headers=ADMIN).json()]
