@@ -20,12 +20,6 @@ from tests.support.live import LiveServer
 
 
 @pytest.fixture
-def api(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
 def setup(api: httpx.Client) -> dict[str, Any]:
     v1 = register_model(api)
     devices = enroll(api, 3)

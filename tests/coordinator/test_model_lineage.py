@@ -4,11 +4,9 @@ a round runs (that round would commit a child of its own base and serve it over 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.support.fleet import (
     ADMIN,
@@ -21,13 +19,7 @@ from tests.support.fleet import (
     start_round,
     tiny_model,
 )
-from tests.support.live import LiveServer, wait_until
-
-
-@pytest.fixture
-def api(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
+from tests.support.live import wait_until
 
 
 def _one_device_round(api: httpx.Client, device: Device, base_version: int, seed: int) -> int:

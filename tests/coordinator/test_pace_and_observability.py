@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support.fleet import delta_bytes, enroll, get_round, register_model, start_round
-from tests.support.live import LiveServer, wait_until
+from tests.support.live import wait_until
 from tests.support.proc import CoordinatorProcess
-
-
-@pytest.fixture
-def api(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
 
 
 def test_over_selection_caps_tasks_and_spreads_the_others(api: httpx.Client) -> None:

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-import pytest
 from sqlalchemy import create_engine, text
 
 from fedface_common.tensors import decode, encode
@@ -31,13 +30,7 @@ from tests.support.fleet import (
     start_round,
     tiny_model,
 )
-from tests.support.live import LiveServer, wait_until
-
-
-@pytest.fixture
-def api(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
+from tests.support.live import wait_until
 
 
 def test_round_commits_weighted_mean_of_concurrent_devices(api: httpx.Client) -> None:
