@@ -68,7 +68,10 @@ async def register(
         ModelVersion(blob_sha256=sha, size_bytes=writer.size, manifest=manifest, tensor_spec=spec_to_json(spec),
                      metrics={}, note=note, created_at=utcnow())
     )
-    served = serve or await repo.served_id(lock=True) is None
+    # The served row's lock orders this against a round starting during the upload (which takes it too).
+    served = await repo.served_id(lock=True) is None or serve
+    if served:
+        await _refuse_while_a_round_runs(session)
     dropped = await _serve(session, version.id) if served else 0
     await AuditRepository(session).record(actor, "model.register", str(version.id), sha256=sha, served=served,
                                           class_embeddings_dropped=dropped)
