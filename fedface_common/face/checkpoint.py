@@ -22,7 +22,6 @@ from torch import nn
 
 from fedface_common import tensors
 from fedface_common.face.manifest import ModelManifest
-from fedface_common.face.model import MobileFaceNet
 from fedface_common.wire import MANIFEST_METADATA_KEY, PRETRAIN_CLASS_CENTRES, PRETRAIN_EXTRA_PREFIX
 
 EXTRA_PREFIX = PRETRAIN_EXTRA_PREFIX
@@ -71,7 +70,7 @@ def encode_model(
 
 
 class DecodedModel(NamedTuple):
-    model: MobileFaceNet
+    model: nn.Module
     manifest: ModelManifest
     extras: dict[str, np.ndarray]
 
@@ -104,7 +103,7 @@ def save_model(
     return path
 
 
-def load_model(path: str | Path, device: str = "cpu") -> tuple[MobileFaceNet, ModelManifest]:
+def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ModelManifest]:
     decoded = decode_model(Path(path).read_bytes(), device)
     return decoded.model, decoded.manifest
 
