@@ -49,12 +49,16 @@ def pretrain(
     typer.echo(json.dumps({"model": str(result.model_path), "history": result.history}, indent=2))
 
 
+CROP_METHODS = ("auto", "center", "detect", "cfp", "none")
+
+
 def embed(
     model: Path = typer.Option(..., help="Model file"),
     root: Path = typer.Option(..., help="Folder the listed paths are relative to"),
     images: Path = typer.Option(..., help="One relative path per line, or identity<TAB>path lines"),
     out: Path = typer.Option(..., help="Output .npy, float32 (n, d)"),
-    crop: str = typer.Option("center", help="center (LFW deep-funneled), cfp (fiducials), none (resize only)"),
+    crop: str = typer.Option("auto", help="auto (the model's own), center (LFW deep-funneled), detect (MTCNN), "
+                                          "cfp (fiducials), none (resize only)"),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Add the mirror image's embedding"),
     batch_size: int = typer.Option(128),
     device: str = typer.Option("cpu"),
@@ -65,8 +69,8 @@ def embed(
 
     from fedface_lab.embed import embed_list_file
 
-    if crop not in ("center", "cfp", "none"):
-        raise typer.BadParameter("crop must be center|cfp|none")
+    if crop not in CROP_METHODS:
+        raise typer.BadParameter(f"crop must be one of {'|'.join(CROP_METHODS)}")
     emb = embed_list_file(model, root, images, crop, batch_size, flip, device, progress)  # type: ignore[arg-type]
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, emb)
@@ -78,7 +82,7 @@ def eval_cmd(
     data_root: Path = typer.Option(..., help="Image root the protocol files refer to (lfw/lfw-deepfunneled)"),
     pairs: Path | None = typer.Option(None, help="pairs.txt-format file (protocol A)"),
     images: Path | None = typer.Option(None, help="identity<TAB>path list for all-pairs TAR@FAR (protocol B)"),
-    crop: str = typer.Option("center", help="center|cfp|none"),
+    crop: str = typer.Option("auto", help="auto|center|detect|cfp|none"),
     flip: bool = typer.Option(False, "--flip/--no-flip"),
     roc_png: Path | None = typer.Option(None, help="Write the protocol B ROC curve here"),
     out: Path | None = typer.Option(None, help="Also write the JSON here"),
@@ -91,8 +95,8 @@ def eval_cmd(
 
     if pairs is None and images is None:
         raise typer.BadParameter("give --pairs and/or --images")
-    if crop not in ("center", "cfp", "none"):
-        raise typer.BadParameter("crop must be center|cfp|none")
+    if crop not in CROP_METHODS:
+        raise typer.BadParameter(f"crop must be one of {'|'.join(CROP_METHODS)}")
     result = evaluate_model(model, data_root, pairs, images, crop, roc_png, flip, batch_size, device,  # type: ignore[arg-type]
                             progress=progress)
     text = json.dumps(result, indent=2)

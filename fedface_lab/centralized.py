@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from device_agent.algorithms import freeze_batchnorm
 from fedface_common.face.checkpoint import CLASS_CENTRES, load_model, save_model
 from fedface_common.face.preprocess import normalise_uint8
-from fedface_lab.datasets import CropCache, load_crop, read_clients
+from fedface_common.face.manifest import ModelManifest
+from fedface_lab.datasets import CropCache, crop_method_for, load_crop, read_clients
 from fedface_lab.pretrain import IMAGE_SUFFIXES, MarginHead, lr_at, seed_everything
 from fedface_lab.progress import make_progress
 
@@ -41,14 +42,17 @@ class CentralizedConfig:
     freeze_bn_stats: bool = True
 
 
-def client_crops(data_root: Path, size: int, cache: CropCache, max_identities: int | None,
+def client_crops(data_root: Path, manifest: ModelManifest, cache: CropCache, max_identities: int | None,
                  names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Every photo of the client identities (`names`, else the first `max_identities`), labelled 0..k-1."""
+    """Every photo of the client identities (`names`, else the first `max_identities`), labelled 0..k-1,
+    cropped as the model's devices crop them."""
     lfw = data_root / "lfw" / "lfw-deepfunneled"
     clients = names or [name for name, _ in read_clients(data_root / "protocol" / "clients.txt")][:max_identities]
     files = [(k, f) for k, name in enumerate(clients) for f in sorted((lfw / name).iterdir())
              if f.suffix.lower() in IMAGE_SUFFIXES]
-    crops = np.stack([np.asarray(load_crop(f, "center", size, cache), dtype=np.uint8) for _, f in files])
+    method, size = crop_method_for(manifest), manifest.input_size
+    crops = np.stack([np.asarray(load_crop(f, method, size, cache, alignment=manifest.alignment), dtype=np.uint8)
+                      for _, f in files])
     return crops, np.array([k for k, _ in files], dtype=np.int64)
 
 
@@ -56,7 +60,7 @@ def centralized_finetune(cfg: CentralizedConfig) -> Path:
     torch.set_num_threads(os.cpu_count() or 1)
     seed_everything(cfg.seed)
     model, manifest = load_model(cfg.pretrained)
-    crops_np, labels_np = client_crops(cfg.data_root, manifest.input_size, CropCache(), cfg.max_identities)
+    crops_np, labels_np = client_crops(cfg.data_root, manifest, CropCache(), cfg.max_identities)
     crops, labels = torch.from_numpy(crops_np), torch.from_numpy(labels_np)
     classes = int(labels.max()) + 1
     head = MarginHead(manifest.embedding_dim, classes, "cosface", cfg.scale, cfg.margin)

@@ -41,7 +41,7 @@ class DevEvaluator:
         self.all_pairs_every_eval = all_pairs_every_eval
 
     def __call__(self, model_path: Path, round_index: int) -> dict[str, Any]:
-        pairs = evaluate_model(model_path, self.lfw, self.pairs, None, "center", progress=False)["pairs"]
+        pairs = evaluate_model(model_path, self.lfw, self.pairs, None, "auto", progress=False)["pairs"]
         out: dict[str, Any] = {"round": round_index, "accuracy": pairs["accuracy"], "accuracy_std": pairs["std"]}
         if self.all_pairs_every_eval or round_index >= self.final_round:
             out.update(self.all_pairs(model_path))
@@ -51,7 +51,7 @@ class DevEvaluator:
         """Protocol B and the feature-collapse monitor from one pass over the images."""
         items = read_image_list(self.images)
         model, manifest = load_model(model_path)
-        emb = embed_paths(model, manifest, self.lfw, [p for _, p in items], "center", 128, False, CropCache(), "cpu",
+        emb = embed_paths(model, manifest, self.lfw, [p for _, p in items], "auto", 128, False, CropCache(), "cpu",
                           False)
         identities = [i for i, _ in items]
         metrics = dict(all_pairs_verification(emb, identities).metrics)

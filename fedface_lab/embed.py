@@ -15,7 +15,7 @@ from torch import nn
 from fedface_common.face.checkpoint import load_model
 from fedface_common.face.manifest import ModelManifest
 from fedface_common.face.preprocess import batch_to_tensor
-from fedface_lab.datasets import CropCache, CropMethod, load_crop, read_image_list
+from fedface_lab.datasets import CropCache, CropMethod, crop_method_for, load_crop, read_image_list
 from fedface_lab.progress import make_progress
 
 
@@ -62,6 +62,8 @@ def embed_paths(
     cached) a batch at a time so memory stays flat for long lists."""
     root = Path(root)
     cache = cache or CropCache()
+    if crop == "auto":
+        crop = crop_method_for(manifest)
     out = np.empty((len(relpaths), manifest.embedding_dim), dtype=np.float32)
     with make_progress(progress) as bar:
         task = bar.add_task("embedding", total=len(relpaths))
@@ -70,7 +72,7 @@ def embed_paths(
             for rel in relpaths[start : start + batch_size]:
                 path = root / rel
                 fid, pose = cfp_fiducials_for(path) if crop == "cfp" else (None, "frontal")
-                crops.append(load_crop(path, crop, manifest.input_size, cache, fid, pose))
+                crops.append(load_crop(path, crop, manifest.input_size, cache, fid, pose, manifest.alignment))
             out[start : start + len(crops)] = embed_crops(model, manifest, crops, flip, device)
             bar.advance(task, len(crops))
     return out
@@ -80,7 +82,7 @@ def embed_list_file(
     model_path: str | Path,
     root: str | Path,
     images_file: str | Path,
-    crop: CropMethod = "center",
+    crop: CropMethod = "auto",
     batch_size: int = 128,
     flip: bool = False,
     device: str = "cpu",

@@ -22,7 +22,7 @@ def evaluate_model(
     data_root: str | Path,
     pairs_file: str | Path | None = None,
     images_file: str | Path | None = None,
-    how_to_crop: CropMethod = "center",
+    how_to_crop: CropMethod = "auto",
     roc_png: str | Path | None = None,
     flip: bool = False,
     batch_size: int = 128,

@@ -36,7 +36,7 @@ def recentre(model_path: Path, data: Path, out: Path, lda_dims: int | None = Non
              lda_shrinkage: float = 0.1, names: list[str] | None = None, lda_mirror: bool = False) -> Path:
     """MODEL with the statistics of the client identities `names` (all of them by default) applied."""
     model, manifest = load_model(model_path)
-    crops, labels = client_crops(data, manifest.input_size, CropCache(), None, names)
+    crops, labels = client_crops(data, manifest, CropCache(), None, names)
     x = normalise_uint8(torch.from_numpy(crops), manifest)
     # The discriminant replaces the embedding BN outright, so it needs no re-centring first.
     params = ({"embedding_stats": True} if lda_dims is None

@@ -1,7 +1,7 @@
 """Photo file -> aligned face crop, or a reason it was skipped.
 
-Mode "detect" finds faces with MTCNN and warps the largest onto the ArcFace
-template (fedface_common.face.align). Mode "aligned" trusts photos that are
+Mode "detect" finds faces with MTCNN and warps the owner's (see Pick) onto the model's
+5-point template (fedface_common.face.align). Mode "aligned" trusts photos that are
 already aligned (LFW deep-funneled) and applies a calibrated fixed crop.
 """
 
@@ -18,12 +18,16 @@ from PIL import Image
 
 from device_agent.photos.detect import MTCNNDetector
 from device_agent.photos.load import LoadError, SkipReason, load_rgb
-from fedface_common.face.align import similarity_transform, template, warp
+from fedface_common.face.align import TemplateName, similarity_transform, template, warp
 from fedface_common.face.preprocess import aligned_center_crop
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["detect", "aligned"]
+# Which of several detected faces is the owner's: the largest (a selfie, a phone's own photos) or the
+# one nearest the photo's centre (collections cropped around their subject, such as LFW, whose photos
+# often show a larger face beside the subject's).
+Pick = Literal["largest", "central"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class FaceInfo:
     """How a crop was obtained. Coordinates are in the upright (EXIF-applied) full-resolution photo."""
 
     faces: int | None  # faces detected; None in "aligned" mode (no detector run)
-    several: bool  # several faces were found and the largest was taken
+    several: bool  # several faces were found and one was picked (FacePipeline's `pick`)
     box: np.ndarray | None = None  # (4,) x1, y1, x2, y2 of the face taken
     prob: float | None = None
     landmarks: np.ndarray | None = None  # (5, 2) in the photo
@@ -103,6 +107,8 @@ class FacePipeline:
         size: int = 112,
         mode: Mode = "detect",
         *,
+        alignment: TemplateName = "5pt-arcface",
+        pick: Pick = "largest",
         detector: MTCNNDetector | None = None,
         min_face_px: int = 40,
         detect_max_side: int = 1024,
@@ -115,6 +121,11 @@ class FacePipeline:
             raise ValueError("size must be >= 16")
         self.size = size
         self.mode: Mode = mode
+        template(size, alignment)  # an unknown template fails here, not on the first photo
+        self.alignment: TemplateName = alignment
+        if pick not in ("largest", "central"):
+            raise ValueError(f"unknown face choice {pick!r}")
+        self.pick: Pick = pick
         self.min_face_px = min_face_px
         self.detect_max_side = detect_max_side
         self.max_pixels = max_pixels
@@ -138,7 +149,8 @@ class FacePipeline:
             if self.mode == "aligned":
                 if min(image.size) < self.min_face_px:
                     return Skip(path, SkipReason.TOO_SMALL, f"image {image.size[0]}x{image.size[1]}")
-                return Face(path, aligned_center_crop(image, self.size), FaceInfo(faces=None, several=False))
+                return Face(path, aligned_center_crop(image, self.size, self.alignment),
+                            FaceInfo(faces=None, several=False))
             return self._detect_and_align(image, path)
         except Exception as exc:  # a bug must not stop a whole folder; it is logged
             log.exception("face pipeline failed on %s", path)
@@ -161,13 +173,16 @@ class FacePipeline:
         # Back to full resolution (exact per axis, as rounding may differ).
         back = np.array([width / small.size[0], height / small.size[1]])
         boxes = found.boxes * np.tile(back, 2)
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        i = int(np.argmax(areas))
+        if self.pick == "central":
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+            i = int(np.argmin(((centres - np.array([width, height]) / 2) ** 2).sum(axis=1)))
+        else:
+            i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
         box, marks = boxes[i], found.landmarks[i] * back
         side = float(min(box[2] - box[0], box[3] - box[1]))
         if side < self.min_face_px:
-            return Skip(path, SkipReason.TOO_SMALL, f"largest face {side:.0f} px < {self.min_face_px}")
-        crop, crop_marks = align_face(image, marks, self.size)
+            return Skip(path, SkipReason.TOO_SMALL, f"face taken {side:.0f} px < {self.min_face_px}")
+        crop, crop_marks = align_face(image, marks, self.size, self.alignment)
         info = FaceInfo(len(found), len(found) > 1, box, float(found.probs[i]), marks, crop_marks)
         return Face(path, crop, info)
 
@@ -190,7 +205,8 @@ class FacePipeline:
         return crops, report
 
 
-def align_face(image: Image.Image, landmarks: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
+def align_face(image: Image.Image, landmarks: np.ndarray, size: int,
+               alignment: TemplateName = "5pt-arcface") -> tuple[Image.Image, np.ndarray]:
     """Warp `landmarks` onto the template; returns the crop and where the landmarks land in it.
 
     align.warp samples bilinearly without prefiltering, which aliases when the
@@ -198,12 +214,12 @@ def align_face(image: Image.Image, landmarks: np.ndarray, size: int) -> tuple[Im
     the region the crop covers and box-reduce it until each crop pixel spans
     at most ~2 source pixels.
     """
-    m = similarity_transform(landmarks, template(size))
+    m = similarity_transform(landmarks, template(size, alignment))
     crop_marks = landmarks @ m[:, :2].T + m[:, 2]
     scale = float(np.hypot(m[0, 0], m[1, 0]))  # crop pixels per source pixel
     reduce = int(0.5 / scale) if scale > 0 else 1
     if reduce < 2:
-        return warp(image, landmarks, size), crop_marks
+        return warp(image, landmarks, size, alignment), crop_marks
     inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
     corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64)
     src = corners @ inv[:, :2].T + inv[:, 2]
@@ -212,4 +228,4 @@ def align_face(image: Image.Image, landmarks: np.ndarray, size: int) -> tuple[Im
     # Cropping outside the photo pads with black, exactly as warp would.
     region = image.crop((int(x0), int(y0), int(x1), int(y1))).reduce(reduce)
     local = (landmarks - np.array([x0, y0])) / reduce
-    return warp(region, local, size), crop_marks
+    return warp(region, local, size, alignment), crop_marks

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fedface_common.face.align import TemplateName, similarity_transform, template
 from fedface_common.face.manifest import ModelManifest
 
 # Crop box (left, top, right, bottom) in a 250x250 LFW deep-funneled image that
@@ -27,14 +28,28 @@ DEEP_FUNNELED_BOX: tuple[float, float, float, float] = (59.0, 51.0, 189.0, 181.0
 DEEP_FUNNELED_SIZE = 250
 
 
-def aligned_center_crop(image: Image.Image, size: int) -> Image.Image:
+def deep_funneled_box(alignment: TemplateName = "5pt-arcface") -> tuple[float, float, float, float]:
+    """The crop box of a deep-funneled image for a template: DEEP_FUNNELED_BOX for the ArcFace
+    template, and for another the square that the similarity from the ArcFace template to it
+    (both in units of the crop's side) makes of that box."""
+    if alignment == "5pt-arcface":
+        return DEEP_FUNNELED_BOX
+    m = similarity_transform(template(1, alignment), template(1, "5pt-arcface"))
+    left, top, right, bottom = DEEP_FUNNELED_BOX
+    side = right - left
+    corners = np.array([[0.0, 0.0], [1.0, 1.0]]) @ m[:, :2].T + m[:, 2]  # in ArcFace crop units
+    (x0, y0), (x1, y1) = np.array([left, top]) + corners * side
+    return (float(x0), float(y0), float(x1), float(y1))
+
+
+def aligned_center_crop(image: Image.Image, size: int, alignment: TemplateName = "5pt-arcface") -> Image.Image:
     """A size x size template-aligned crop of an already aligned photo (LFW
     deep-funneled 250x250). Other sizes are assumed to be the same framing
     scaled, so the box scales with the image."""
     image = image.convert("RGB")
     sx = image.width / DEEP_FUNNELED_SIZE
     sy = image.height / DEEP_FUNNELED_SIZE
-    left, top, right, bottom = DEEP_FUNNELED_BOX
+    left, top, right, bottom = deep_funneled_box(alignment)
     box = (left * sx, top * sy, right * sx, bottom * sy)
     return image.resize((size, size), Image.Resampling.BILINEAR, box=box)
 
