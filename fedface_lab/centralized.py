@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from device_agent.algorithms import freeze_batchnorm
 from fedface_common.face.checkpoint import CLASS_CENTRES, load_model, save_model
-from fedface_common.face.preprocess import normalise_uint8
 from fedface_common.face.manifest import ModelManifest
+from fedface_common.face.preprocess import normalise_uint8
 from fedface_lab.datasets import CropCache, crop_method_for, load_crop, read_clients
 from fedface_lab.pretrain import IMAGE_SUFFIXES, MarginHead, lr_at, seed_everything
 from fedface_lab.progress import make_progress

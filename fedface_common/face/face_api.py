@@ -26,7 +26,7 @@ import torch
 
 from fedface_common.face.checkpoint import ModelFileError, save_model
 from fedface_common.face.manifest import ModelManifest
-from fedface_common.face.resnet29 import ARCHITECTURE, BLOCKS, INPUT_SIZE, DlibResNet29
+from fedface_common.face.resnet29 import BLOCKS, INPUT_SIZE, DlibResNet29
 
 PACKAGE = "@vladmandic/face-api"
 VERSION = "1.7.15"
@@ -211,7 +211,7 @@ def build_model(files: PackageFiles) -> DlibResNet29:
 
 def face_api_manifest(files: PackageFiles, pinned: bool) -> ModelManifest:
     return ModelManifest(
-        architecture=ARCHITECTURE, input_size=INPUT_SIZE, embedding_dim=128,
+        architecture="dlib-resnet29", input_size=INPUT_SIZE, embedding_dim=128,
         mean=tuple(m / 255.0 for m in DLIB_MEAN_RGB),  # type: ignore[arg-type]
         std=(DLIB_SCALE / 255.0,) * 3,  # type: ignore[arg-type]
         colour_order="RGB", alignment="5pt-dlib",

@@ -35,7 +35,7 @@ def deep_funneled_box(alignment: TemplateName = "5pt-arcface") -> tuple[float, f
     if alignment == "5pt-arcface":
         return DEEP_FUNNELED_BOX
     m = similarity_transform(template(1, alignment), template(1, "5pt-arcface"))
-    left, top, right, bottom = DEEP_FUNNELED_BOX
+    left, top, right, _ = DEEP_FUNNELED_BOX
     side = right - left
     corners = np.array([[0.0, 0.0], [1.0, 1.0]]) @ m[:, :2].T + m[:, 2]  # in ArcFace crop units
     (x0, y0), (x1, y1) = np.array([left, top]) + corners * side

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from coordinator.strategies.discriminant import discriminant_transform, fold_into_embedding, inverse_sqrt
 from fedface_common.face.checkpoint import load_numpy_state, model_to_numpy
 from fedface_common.face.manifest import ModelManifest
+from fedface_common.face.model import MobileFaceNet
 
 
 def _scatters(seed: int, d: int, classes: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +74,7 @@ def test_folded_model_computes_the_transform_of_the_projection_input() -> None:
     torch.manual_seed(0)
     manifest = ModelManifest(width=0.25, input_size=32, embedding_dim=16)
     model = manifest.build().eval()
+    assert isinstance(model, MobileFaceNet)
     x = torch.randn(5, 3, 32, 32)
     seen: list[torch.Tensor] = []
     hook = model.project.register_forward_pre_hook(lambda _, inp: seen.append(inp[0].detach().double().flatten(1)))
