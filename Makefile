@@ -4,9 +4,17 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export FEDFACE_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install test lint typecheck pytest serve demo bench-ingest bench-fedface clean
+install-deps: $(VENV)/.installed
 
-install: $(VENV)/.installed
+.PHONY: install install-deps face-model test lint typecheck pytest serve demo bench-ingest bench-fedface clean
+
+install: $(VENV)/.installed face-model
+
+# The pretrained face network the demo and the bench start from: npm's @vladmandic/face-api,
+# pinned by version and SHA-256, fetched into the model cache and imported (about a second).
+face-model: $(VENV)/.installed
+	$(VENV)/bin/fedface models fetch face-api
+	$(VENV)/bin/fedface models import face-api
 
 # torch is pinned (==2.13.0, the CPU build on this machine's disk) in pyproject;
 # facenet-pytorch is installed without its dependencies because it pins an old

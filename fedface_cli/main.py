@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from fedface_cli import admin_cmds, agent_cmds, bench_cmds, demo_cmd, lab_cmds, migrate_cmd, serve_cmd, sim_cmds
+from fedface_cli import (
+    admin_cmds,
+    agent_cmds,
+    bench_cmds,
+    demo_cmd,
+    lab_cmds,
+    migrate_cmd,
+    model_cmds,
+    serve_cmd,
+    sim_cmds,
+)
 
 app = typer.Typer(
     name="fedface",
@@ -23,6 +33,7 @@ app.command("demo")(demo_cmd.demo)
 app.add_typer(admin_cmds.app, name="admin")
 app.add_typer(bench_cmds.app, name="bench")
 app.add_typer(agent_cmds.app, name="agent")
+app.add_typer(model_cmds.app, name="models")
 
 if __name__ == "__main__":
     app()

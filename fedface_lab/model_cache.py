@@ -38,3 +38,61 @@ def cached_pretrain(cfg: PretrainConfig, models_dir: Path | None = None) -> tupl
         return target, True
     pretrain(dataclasses.replace(cfg, out=target))
     return target, False
+
+
+def face_api_package_path() -> Path:
+    """Where the install step keeps npm's tarball of the pinned face-api release
+    (FEDFACE_FACE_API_PACKAGE overrides it)."""
+    import os
+
+    from fedface_common.face import face_api
+
+    explicit = os.environ.get("FEDFACE_FACE_API_PACKAGE")
+    if explicit:
+        return Path(explicit)
+    return default_cache_dir() / "npm" / f"vladmandic-face-api-{face_api.VERSION}.tgz"
+
+
+def face_api_model_path(models_dir: Path | None = None) -> Path:
+    from fedface_common.face import face_api
+
+    return (models_dir or default_cache_dir() / "models") / f"face-api-{face_api.VERSION}-resnet29.safetensors"
+
+
+def fetch_face_api(dest: Path | None = None) -> Path:
+    """npm's tarball of the pinned release, fetched with `npm pack` unless already there; its
+    SHA-256 is checked either way (a mismatch is an error and the file is removed)."""
+    import hashlib
+    import shutil
+    import subprocess
+    import tempfile
+
+    from fedface_common.face import face_api
+
+    target = dest or face_api_package_path()
+    if not target.is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("npm is needed to fetch the pretrained face network (Debian: apt-get install npm)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            subprocess.run([npm, "pack", "--silent", "--pack-destination", tmp,
+                            f"{face_api.PACKAGE}@{face_api.VERSION}"], check=True, stdout=subprocess.DEVNULL)
+            (packed,) = Path(tmp).glob("*.tgz")
+            packed.replace(target)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if digest != face_api.TARBALL_SHA256:
+        target.unlink()
+        raise RuntimeError(f"{target}: SHA-256 {digest} is not the pinned {face_api.TARBALL_SHA256}; removed")
+    return target
+
+
+def cached_face_api_model(models_dir: Path | None = None) -> tuple[Path, bool]:
+    """dlib's network imported from the pinned face-api package (fetched when missing), and
+    whether it came from the cache."""
+    from fedface_common.face.face_api import import_face_api
+
+    target = face_api_model_path(models_dir)
+    if target.is_file():
+        return target, True
+    return import_face_api(fetch_face_api(), target), False
