@@ -4,9 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export FEDFACE_DATA ?= $(abspath ../shared/data)
 
-install-deps: $(VENV)/.installed
-
-.PHONY: install install-deps face-model test lint typecheck pytest serve demo bench-ingest bench-fedface clean
+.PHONY: install face-model test lint typecheck pytest serve demo bench-ingest bench-fedface clean
 
 install: $(VENV)/.installed face-model
 
