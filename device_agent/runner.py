@@ -63,23 +63,29 @@ class AgentError(Exception):
 
 
 class PhotoSource(Protocol):
-    def load(self) -> tuple[list[Image.Image], FolderReport]: ...
+    def load(self, manifest: ModelManifest | None = None) -> tuple[list[Image.Image], FolderReport]:
+        """The owner's face crops for a model (its input size and alignment template), or for the
+        source's own default when no model is known yet."""
+        ...
 
 
 class FolderPhotos:
-    """A photo folder, processed once and kept in memory as aligned crops.
+    """A photo folder, processed once per crop template and kept in memory as aligned crops.
 
     The pipeline (MTCNN weights and all) may be shared by many sources."""
 
     def __init__(self, folder: str | Path, pipeline: FacePipeline) -> None:
         self.folder = Path(folder)
         self.pipeline = pipeline
-        self._cached: tuple[list[Image.Image], FolderReport] | None = None
+        self._cached: dict[tuple[int, str], tuple[list[Image.Image], FolderReport]] = {}
 
-    def load(self) -> tuple[list[Image.Image], FolderReport]:
-        if self._cached is None:
-            self._cached = self.pipeline.process_folder(self.folder)
-        return self._cached
+    def load(self, manifest: ModelManifest | None = None) -> tuple[list[Image.Image], FolderReport]:
+        pipeline = (self.pipeline if manifest is None
+                    else self.pipeline.for_template(manifest.input_size, manifest.alignment))
+        key = (pipeline.size, pipeline.alignment)
+        if key not in self._cached:
+            self._cached[key] = pipeline.process_folder(self.folder)
+        return self._cached[key]
 
 
 @dataclass
@@ -254,6 +260,11 @@ class Agent:
         cfg = task.training
         private = cfg.algorithm == algorithms.PRIVATE_ALGORITHM
         w_c, centres = self._class_embedding(task, decoded.manifest, private)
+        crops, _ = self.photos.load(decoded.manifest)  # the model's own crops (size, template)
+        if not crops:
+            report.status = Outcome.NO_PHOTOS
+            report.message = f"no usable face for a {decoded.manifest.architecture} model; nothing to train on"
+            return report
         x = self._input(crops, decoded.manifest)
         steps = cfg.local_epochs * -(-len(x) // cfg.batch_size)
         progress: AbstractContextManager[algorithms.StepCallback | None] = (
@@ -323,7 +334,7 @@ class Agent:
 
     def _input(self, crops: list[Image.Image], manifest: ModelManifest) -> torch.Tensor:
         """The crops as the model's normalised input, converted once per preprocessing setting."""
-        key = (manifest.input_size, manifest.mean, manifest.std, manifest.colour_order)
+        key = (manifest.input_size, manifest.alignment, manifest.mean, manifest.std, manifest.colour_order)
         if key not in self._inputs:
             self._inputs[key] = batch_to_tensor(crops, manifest)
         return self._inputs[key]

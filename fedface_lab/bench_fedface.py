@@ -1,7 +1,9 @@
 """`fedface bench fedface`: the paper's experiment on real faces through the
 real system.
 
-pretrain (cached) -> evaluate it -> run fedface, fedavg and fedface-private
+the pretrained network (dlib's ResNet imported from the pinned face-api package,
+or for `--start pretrain` a MobileFaceNet pretrained on CFP, cached) -> evaluate
+it -> run fedface, fedavg and fedface-private
 from the same start for the same rounds (one simulation each, per seed) ->
 centralized fine-tuning on the pooled client photos (the upper bound) ->
 evaluate everything on the development folds. Two baselines of no training at
@@ -27,7 +29,7 @@ from fedface_lab.centralized import CentralizedConfig, centralized_finetune
 from fedface_lab.datasets import read_clients
 from fedface_lab.dev_eval import DevEvaluator
 from fedface_lab.machine import float_kernels, machine_info
-from fedface_lab.model_cache import cached_pretrain
+from fedface_lab.model_cache import cached_face_api_model, cached_pretrain
 from fedface_lab.pretrain import PretrainConfig
 from fedface_lab.recentre import recentre
 from fedface_lab.simulate import Evaluator, RoundRecord, SimulationConfig, run_simulation
@@ -41,7 +43,8 @@ class ExperimentPlan:
     """Everything that defines a run; `full()` and `quick()` are the two published plans."""
 
     name: str
-    pretrain: PretrainConfig
+    # None: start from dlib's network imported from the face-api package; else pretrain this on CFP.
+    pretrain: PretrainConfig | None
     devices: int
     per_round: int
     rounds: int
@@ -71,23 +74,40 @@ class ExperimentPlan:
     # The centralized rows train on the first N client identities; None is all of them, which is
     # the full population every published plan's devices hold. Small plans (tests) name fewer.
     centralized_identities: int | None = None
+    centralized_lr: float = 0.01
+    # The discriminant of the centralized model (centralized+lda): only for plans with lda rows.
+    centralized_lda: bool = True
 
     @staticmethod
     def full(data: Path) -> ExperimentPlan:
+        """From dlib's network: 1,012 devices, 15 rounds of 100, two seeds."""
+        return replace(ExperimentPlan.full_pretrained(data), name="full", pretrain=None,
+                       params=resnet_params(1012), statistics_rows=(), closing_lda=(), centralized_lda=False,
+                       **RESNET_TRAINING)
+
+    @staticmethod
+    def quick(data: Path) -> ExperimentPlan:
+        """The full plan's start and population, fewer rounds of 50 and one seed, within 15 minutes."""
+        return replace(ExperimentPlan.full(data), name="quick", per_round=50, rounds=QUICK_ROUNDS, seeds=(0,),
+                       eval_every=QUICK_ROUNDS, centralized_epochs=1)
+
+    @staticmethod
+    def full_pretrained(data: Path) -> ExperimentPlan:
+        """From a MobileFaceNet pretrained on CFP (the path for operators who pretrain on their own data)."""
         return ExperimentPlan(
-            name="full", devices=1012, per_round=100, rounds=15, seeds=(0, 1), eval_every=5,
+            name="full-pretrained", devices=1012, per_round=100, rounds=15, seeds=(0, 1), eval_every=5,
             pretrain=full_pretrain(data), params=default_params(1012),
         )
 
     @staticmethod
-    def quick(data: Path) -> ExperimentPlan:
+    def quick_pretrained(data: Path) -> ExperimentPlan:
         """The full plan's pretrained model (same cache entry) and population,
         with half the devices per round, 10 rounds and one seed: a smaller model
         of its own learned too little for the comparison to mean anything. No
         no-training baseline, and FedFace's closing discriminant round only, to stay
         within 15 minutes."""
         return ExperimentPlan(
-            name="quick", devices=1012, per_round=50, rounds=10, seeds=(0,), eval_every=5,
+            name="quick-pretrained", devices=1012, per_round=50, rounds=10, seeds=(0,), eval_every=5,
             pretrain=full_pretrain(data), params=default_params(1012), centralized_epochs=5,
             statistics_rows=(), closing_lda=("fedface",),
         )
@@ -119,6 +139,25 @@ def default_params(population: int) -> dict[str, dict[str, Any]]:
     }
 
 
+# dlib's network on the devices, chosen on the development folds (docs/results/fedface-resnet-tuning.md).
+RESNET_TRAINING: dict[str, Any] = {"local_epochs": 1, "batch_size": 16, "lr": 0.01, "centralized_epochs": 3,
+                                   "centralized_lr": 0.001}
+RESNET_FROZEN = ["stem.", *(f"blocks.{i}." for i in range(10))]
+QUICK_ROUNDS = 5
+
+
+def resnet_params(population: int) -> dict[str, dict[str, Any]]:
+    """default_params with the devices training only the last stages of dlib's network (RESNET_FROZEN)."""
+    return {method: {**params, "frozen": list(RESNET_FROZEN)} for method, params in default_params(population).items()}
+
+
+def start_model(plan: ExperimentPlan, models_dir: Path | None = None) -> tuple[Path, bool]:
+    """The plan's starting model file and whether it came from the cache."""
+    if plan.pretrain is None:
+        return cached_face_api_model(models_dir)
+    return cached_pretrain(plan.pretrain, models_dir)
+
+
 def _mean_std(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
@@ -145,9 +184,9 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
     evaluator = evaluator_for(plan.rounds)
 
     t0 = time.perf_counter()
-    model, cached = cached_pretrain(plan.pretrain, models_dir)
+    model, cached = start_model(plan, models_dir)
     pretrain_s = time.perf_counter() - t0
-    log(f"pretrained model {model} ({'cached' if cached else f'trained in {pretrain_s:.0f} s'})")
+    log(f"pretrained model {model} ({'cached' if cached else f'made in {pretrain_s:.0f} s'})")
     pre_eval = evaluator(model, plan.rounds)  # the full metric set
     rows = [_row("pretrained", [pre_eval], 0, pretrain_s, None)]
     log(f"pretrained: {_fmt(pre_eval)}")
@@ -156,18 +195,20 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
     t0 = time.perf_counter()
     central = centralized_finetune(CentralizedConfig(pretrained=model, data_root=data,
                                                      out=work_dir / "centralized.safetensors",
-                                                     epochs=plan.centralized_epochs,
+                                                     epochs=plan.centralized_epochs, lr=plan.centralized_lr,
                                                      max_identities=plan.centralized_identities))
     central_row = _row("centralized", [evaluator(central, plan.rounds)], 0, time.perf_counter() - t0, None)
     log(f"centralized: {_fmt(central_row)}")
-    t0 = time.perf_counter()
-    names = ([name for name, _ in read_clients(data / "protocol" / "clients.txt")][:plan.centralized_identities]
-             if plan.centralized_identities else None)
-    central_lda = recentre(central, data, work_dir / "centralized-lda.safetensors", plan.lda_dims, plan.lda_shrinkage,
-                           names, plan.lda_mirror)
-    central_lda_row = _row("centralized+lda", [evaluator(central_lda, plan.rounds)], 0, time.perf_counter() - t0,
-                           None)
-    log(f"centralized+lda: {_fmt(central_lda_row)}")
+    central_rows = [central_row]
+    if plan.centralized_lda:
+        t0 = time.perf_counter()
+        names = ([name for name, _ in read_clients(data / "protocol" / "clients.txt")][:plan.centralized_identities]
+                 if plan.centralized_identities else None)
+        central_lda = recentre(central, data, work_dir / "centralized-lda.safetensors", plan.lda_dims,
+                               plan.lda_shrinkage, names, plan.lda_mirror)
+        central_rows.append(_row("centralized+lda", [evaluator(central_lda, plan.rounds)], 0,
+                                 time.perf_counter() - t0, None))
+        log(f"centralized+lda: {_fmt(central_rows[-1])}")
 
     fedface_params = plan.params.get("fedface", {})
     lda_params = {**fedface_params, "embedding_lda_dims": plan.lda_dims,
@@ -222,10 +263,11 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
                              float(np.mean([up for _, _, up in closing]))))
             log(f"{method}+lda: {_fmt(rows[-1])}")
 
-    rows += [central_row, central_lda_row]
+    rows += central_rows
     return {
         "plan": {k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items() if k != "pretrain"},
-        "pretrain": {k: str(v) for k, v in plan.pretrain.__dict__.items()},
+        "pretrain": ({k: str(v) for k, v in plan.pretrain.__dict__.items()} if plan.pretrain
+                     else {"start": str(model), "source": "face-api"}),
         "rows": rows, "curves": curves, **gaps_closed(rows),
         "wall_s": round(time.perf_counter() - started, 1), "finished_at": datetime.now(UTC).isoformat(),
         "machine": {**machine_info(), **float_kernels()},
@@ -240,6 +282,8 @@ def gaps_closed(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     start = by["pretrained"]["tar@far=0.001"]
 
     def closed_by(method: str, bound: str) -> float | None:
+        if bound not in by:
+            return None
         gap = by[bound]["tar@far=0.001"] - start
         return (by[method]["tar@far=0.001"] - start) / gap if gap > 0 else None
 

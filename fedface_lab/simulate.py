@@ -31,8 +31,10 @@ from device_agent.runner import Agent, FolderPhotos, Outcome, RoundReport
 from device_agent.state import AgentState
 from fedface_cli.admin_client import AdminClient
 from fedface_common.face.checkpoint import load_manifest
+from fedface_common.face.manifest import ModelManifest
 from fedface_lab.bench_servers import ServerProcess, backend_env, free_port
-from fedface_lab.datasets import read_clients
+from fedface_lab.cached_pipeline import CachedDetectPipeline
+from fedface_lab.datasets import crop_method_for, read_clients
 from fedface_lab.publish import split_pretrained
 
 
@@ -55,7 +57,9 @@ class SimulationConfig:
     params: dict[str, Any] = field(default_factory=dict)
     eval_every: int = 0
     seed: int = 0
-    input_mode: str = "aligned"
+    # auto: the model's own crops (fedface_lab.datasets.crop_method_for): per-photo detection and
+    # alignment, cached, for dlib's network; the fixed crop of LFW's aligned photos for MobileFaceNet.
+    input_mode: str = "auto"
     # Before the rounds, one enrollment round of every device (no training: each
     # sends its class embedding), so the first spreadout sees every identity.
     enrollment_round: bool = False
@@ -127,7 +131,7 @@ class Simulation:
         cfg = self.cfg
         chosen = choose_clients(cfg.data_root, cfg.devices, cfg.seed)
         manifest = load_manifest(cfg.model)
-        pipeline = FacePipeline(size=manifest.input_size, mode=cfg.input_mode)  # type: ignore[arg-type]
+        pipeline = device_pipeline(manifest, cfg.input_mode)
         token = str(self.admin.issue_token(max_uses=len(chosen), note="simulation")["token"])
         shared_blobs = cfg.work_dir / "shared-blobs"
         tls = httpx.create_ssl_context()  # one for all: a context per device costs ~20 ms each to build
@@ -187,6 +191,16 @@ class Simulation:
     def download(self, version: int, path: Path) -> Path:
         self.admin.download_model(version, path)
         return path
+
+
+def device_pipeline(manifest: ModelManifest, input_mode: str) -> FacePipeline:
+    """The simulated devices' face pipeline (see SimulationConfig.input_mode)."""
+    mode = ("detect" if crop_method_for(manifest) == "detect" else "aligned") if input_mode == "auto" else input_mode
+    if mode == "detect":
+        return CachedDetectPipeline(manifest.input_size, manifest.alignment)
+    if mode != "aligned":
+        raise ValueError(f"unknown input mode {input_mode!r} (auto, detect, aligned)")
+    return FacePipeline(size=manifest.input_size, mode="aligned", alignment=manifest.alignment)
 
 
 def choose_clients(data_root: Path, devices: int, seed: int) -> list[tuple[str, int]]:

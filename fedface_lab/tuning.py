@@ -1,5 +1,5 @@
 """Development-fold tuning runs of one federated method, from the full plan's
-pretrained model (cached) with the full plan's settings unless overridden.
+starting model with the full plan's settings unless overridden.
 
     python -m fedface_lab.tuning NAME ROUNDS [key=value ...]
 
@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedface_lab.bench_fedface import ExperimentPlan, default_params
+from fedface_lab.bench_fedface import ExperimentPlan, start_model
 from fedface_lab.dev_eval import DevEvaluator
 from fedface_lab.machine import cpu_model, float_kernels
-from fedface_lab.model_cache import cached_pretrain
 from fedface_lab.simulate import RoundRecord, SimulationConfig, run_simulation
 
 METRICS = ("accuracy", "tar@far=0.001", "tar@far=0.0001", "auc", "feature_mean_offdiag_cos")
@@ -46,9 +45,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     data = Path(os.environ.get("FEDFACE_DATA", "../shared/data"))
     plan = ExperimentPlan.full(data)
     # model=PATH starts from another model (e.g. one a tuning run produced) instead of the pretrained one.
-    model = Path(overrides.pop("model")) if "model" in overrides else cached_pretrain(plan.pretrain)[0]
+    model = Path(overrides.pop("model")) if "model" in overrides else start_model(plan)[0]
     algorithm = overrides.pop("algorithm", "fedface")
-    params = dict(default_params(plan.devices)[algorithm])
+    params = dict(plan.params[algorithm])
     params.update({k[2:]: _value(overrides.pop(k)) for k in list(overrides) if k.startswith("p.")})
     cfg = SimulationConfig(
         model=model, data_root=data, work_dir=Path(os.environ.get("TMPDIR", "/tmp")) / "fedface-tuning" / name,

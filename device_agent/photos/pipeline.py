@@ -133,6 +133,15 @@ class FacePipeline:
             torch.set_num_threads(max(1, num_threads))
         # The detector (and its weights) is only needed, and only loaded, in detect mode.
         self.detector = detector if detector is not None or mode == "aligned" else MTCNNDetector()
+        self._options = {"min_face_px": min_face_px, "detect_max_side": detect_max_side, "max_pixels": max_pixels}
+
+    def for_template(self, size: int, alignment: TemplateName) -> FacePipeline:
+        """The same pipeline (and detector) cutting crops of another size or template: a model of
+        another architecture may arrive from the server."""
+        if (size, alignment) == (self.size, self.alignment):
+            return self
+        return FacePipeline(size, self.mode, alignment=alignment, pick=self.pick, detector=self.detector,
+                            **self._options)
 
     def process(self, path: str | Path) -> Result:
         """One photo file -> Face or Skip. Never raises for bad input."""

@@ -22,6 +22,7 @@ from device_agent.photos.load import SkipReason
 from device_agent.photos.pipeline import FacePipeline, FolderReport, ReportEntry
 from device_agent.runner import Agent, FolderPhotos, Outcome
 from device_agent.state import AgentState, Credential, Pending, StateError, default_state_dir, sha256_hex
+from fedface_common.face.manifest import ModelManifest
 from fedface_common.wire import HEADER_BASE_VERSION, HEADER_CLIENT_METRICS, HEADER_NUM_SAMPLES
 
 from .fixtures import Coordinator, identities, serve_coordinator, tiny_model_bytes
@@ -200,7 +201,7 @@ class StaticPhotos:
         self.report = FolderReport([ReportEntry(f"p{i}.jpg", True) for i in range(n)]
                                    + [ReportEntry("bad.txt", False, SkipReason.NOT_AN_IMAGE)])
 
-    def load(self) -> tuple[list[Image.Image], FolderReport]:
+    def load(self, manifest: ModelManifest | None = None) -> tuple[list[Image.Image], FolderReport]:
         return self.crops, self.report
 
 
