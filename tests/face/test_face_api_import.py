@@ -20,6 +20,7 @@ from fedface_common.face import face_api
 from fedface_common.face.checkpoint import load_model
 from fedface_common.face.face_api import PackageError, dequantize, import_face_api, read_package
 from fedface_common.face.preprocess import batch_to_tensor
+from fedface_common.face.resnet29 import DlibResNet29
 from fedface_lab.datasets import CropCache, load_crop
 from fedface_lab.model_cache import face_api_package_path
 
@@ -110,6 +111,7 @@ def test_folded_model_equals_the_packages_own_graph(package: Path, imported: Pat
     files = read_package(package)
     weights = dequantize(files.manifest, files.weights)
     model, _ = load_model(imported)
+    assert isinstance(model, DlibResNet29)
     x = torch.randn(3, 3, 150, 150, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours, reference = model.features(x), _reference_descriptor(weights, x)
@@ -132,6 +134,7 @@ def test_port_matches_dlib_on_aligned_photos(imported: Path, data_root: Path, tm
     dlib = pytest.importorskip("dlib", reason="the reference is not installed: pip install dlib-bin")
     reference = dlib.face_recognition_model_v1(str(_dlib_model_file()))
     model, manifest = load_model(imported)
+    assert isinstance(model, DlibResNet29)
     crops = _crops(data_root, tmp_path)
     with torch.no_grad():
         ours = model.features(batch_to_tensor(crops, manifest)).double().numpy()
