@@ -21,6 +21,8 @@ _DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"),
     "I64": np.dtype("<i8"),
     "I32": np.dtype("<i4"),
+    # The int8 encoding of update deltas (fedface_common.update_codec).
+    "I8": np.dtype("i1"),
 }
 _NAME_OF = {v: k for k, v in _DTYPES.items()}
 MAX_HEADER_BYTES = 16 * 1024 * 1024
