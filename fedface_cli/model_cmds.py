@@ -61,3 +61,37 @@ def import_cmd(
     manifest = load_manifest(path)
     typer.echo(json.dumps({"model": str(path), "architecture": manifest.architecture,
                            "input_size": manifest.input_size, "source": manifest.notes.get("source")}))
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    model: Path = typer.Argument(..., exists=True, dir_okay=False, help="Model file (.safetensors)"),
+    data: Path = typer.Option(Path("../shared/data"), envvar="FEDFACE_DATA", help="Face data root"),
+    far: list[float] = typer.Option([0.001, 0.0001], "--far", help="False accept rate to calibrate for "
+                                                                     "(repeatable)"),
+    out: Path | None = typer.Option(None, dir_okay=False, help="Model file to write (default: rewrite MODEL)"),
+    images: Path | None = typer.Option(None, dir_okay=False, help="identity<TAB>path list, paths under "
+                                                                  "DATA/lfw/lfw-deepfunneled "
+                                                                  "(default: DATA/protocol/dev_images.txt)"),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                         help="Progress bar (default: when stdout is a terminal)"),
+) -> None:
+    """Measure the cosine threshold for each FAR on all impostor pairs of the development images and
+    store them in the model's manifest, where `fedface verify` (and an app) read them; prints JSON with
+    each threshold and the TAR it achieves there."""
+    import sys
+
+    from fedface_common.face.checkpoint import ModelFileError
+    from fedface_lab.calibrate import calibrate
+
+    bad = [f for f in far if not 0.0 < f < 1.0]
+    if bad:
+        raise typer.BadParameter(f"FAR must be in (0, 1), got {bad}", param_hint="--far")
+    try:
+        # The bar is drawn on stdout: by default only where it cannot mix into JSON read by a program.
+        path, result = calibrate(model, data, far, out, images,
+                                 progress=sys.stdout.isatty() if progress is None else progress)
+    except (FileNotFoundError, ModelFileError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps({"model": str(path), **result.to_dict()}, indent=2))
