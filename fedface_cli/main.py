@@ -14,6 +14,7 @@ from fedface_cli import (
     model_cmds,
     serve_cmd,
     sim_cmds,
+    use_cmds,
 )
 
 app = typer.Typer(
@@ -30,6 +31,8 @@ app.command("eval")(lab_cmds.eval_cmd)
 app.command("migrate")(migrate_cmd.migrate)
 app.command("simulate")(sim_cmds.simulate)
 app.command("demo")(demo_cmd.demo)
+app.command("verify")(use_cmds.verify)
+app.command("export")(use_cmds.export)
 app.add_typer(admin_cmds.app, name="admin")
 app.add_typer(bench_cmds.app, name="bench")
 app.add_typer(agent_cmds.app, name="agent")

@@ -46,10 +46,7 @@ class Verdict:
 
     def describe(self) -> str:
         """A few lines for a person to read."""
-        if self.far is None:
-            how = "given"
-        else:
-            how = f"calibrated for FAR {self.far:g}"
+        how = "given" if self.far is None else f"calibrated for FAR {self.far:g}"
         lines = [f"{self.photo_a} vs {self.photo_b}",
                  f"cosine     {self.cosine:.4f}",
                  f"threshold  {self.threshold:.4f} ({how})",
@@ -60,7 +57,7 @@ class Verdict:
         return "\n".join(lines)
 
 
-def manifest_threshold(manifest: ModelManifest, far: float) -> float:
+def manifest_threshold(manifest: ModelManifest, far: float, model_name: str = "MODEL") -> float:
     """The calibrated threshold for `far`. Keys are compared as numbers, so "1e-3" and "0.001" match."""
     for key, value in manifest.thresholds.items():
         try:
@@ -70,7 +67,7 @@ def manifest_threshold(manifest: ModelManifest, far: float) -> float:
             continue  # a key that is not a number cannot be the one asked for
     known = ", ".join(sorted(manifest.thresholds)) or "none"
     raise VerifyError(f"the model has no threshold for FAR {far:g} (calibrated: {known}); run "
-                      f"`fedface models calibrate MODEL --far {far:g}` or give --threshold")
+                      f"`fedface models calibrate {model_name} --far {far:g}` or give --threshold")
 
 
 def load_verifier(model_path: str | Path) -> tuple[nn.Module, ModelManifest]:
@@ -80,6 +77,17 @@ def load_verifier(model_path: str | Path) -> tuple[nn.Module, ModelManifest]:
         raise VerifyError(f"model {model_path}: no such file") from exc
     except (ModelFileError, ValueError, OSError) as exc:
         raise VerifyError(f"model {model_path}: not a FedFace model file ({exc})") from exc
+
+
+# The pipeline's skip reasons, in words.
+_REASONS = {
+    "unreadable": "cannot be read",
+    "not_an_image": "not an image",
+    "too_large": "too large",
+    "too_small": "too small for a usable face",
+    "no_face": "no face found",
+    "error": "face detection failed",
+}
 
 
 def face_crops(paths: Sequence[str | Path], manifest: ModelManifest) -> list[PhotoFace]:
@@ -98,17 +106,6 @@ def face_crops(paths: Sequence[str | Path], manifest: ModelManifest) -> list[Pho
     return out
 
 
-# The pipeline's skip reasons, in words.
-_REASONS = {
-    "unreadable": "cannot be read",
-    "not_an_image": "is not an image",
-    "too_large": "is too large",
-    "too_small": "is too small, or its face is",
-    "no_face": "no face found",
-    "error": "failed",
-}
-
-
 def verify(
     model_path: str | Path,
     photo_a: str | Path,
@@ -119,7 +116,7 @@ def verify(
     """The decision for two photos. An explicit `threshold` overrides the calibrated one for `far`."""
     model, manifest = load_verifier(model_path)
     # Before detection, so a model without thresholds fails at once.
-    chosen = threshold if threshold is not None else manifest_threshold(manifest, far)
+    chosen = threshold if threshold is not None else manifest_threshold(manifest, far, str(model_path))
     faces = face_crops([photo_a, photo_b], manifest)
     emb = embed_crops(model, manifest, [f.crop for f in faces])
     cosine = float(np.dot(emb[0].astype(np.float64), emb[1].astype(np.float64)))
