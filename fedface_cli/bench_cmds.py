@@ -70,7 +70,9 @@ def fedface(
     out: Path = typer.Option(Path("fedface-data/fedface-results.json"), dir_okay=False,
                              help="JSON results (the table and plot go beside it); the committed tables in"
                              " docs/results/ are written only when --out names them"),
-    quick: bool = typer.Option(False, "--quick", help="10 rounds of 50, 1 seed, 5 centralized epochs (~15 min)"),
+    quick: bool = typer.Option(False, "--quick", help="Fewer rounds of 50 devices, 1 seed, a shorter centralized run"),
+    start: str = typer.Option("face-api", help="face-api: dlib's ResNet imported from the pinned npm package; "
+                                               "pretrain: a MobileFaceNet pretrained on CFP (cached)"),
     data: Path = typer.Option(Path("../shared/data"), envvar="FEDFACE_DATA", help="Face data root"),
     work_dir: Path = typer.Option(Path("fedface-data/bench-fedface"), help="Coordinator and device state"),
     rounds: int | None = typer.Option(None, min=1, help="Override the plan's rounds"),
@@ -84,7 +86,12 @@ def fedface(
 
     if not (data / "protocol" / "clients.txt").is_file():
         raise typer.BadParameter(f"no face data at {data}: set FEDFACE_DATA or --data")
-    plan = ExperimentPlan.quick(data) if quick else ExperimentPlan.full(data)
+    if start not in ("face-api", "pretrain"):
+        raise typer.BadParameter("--start must be face-api or pretrain")
+    if start == "face-api":
+        plan = ExperimentPlan.quick(data) if quick else ExperimentPlan.full(data)
+    else:
+        plan = ExperimentPlan.quick_pretrained(data) if quick else ExperimentPlan.full_pretrained(data)
     plan = with_overrides(plan, rounds=rounds, per_round=per_round, devices=devices,
                           seeds=tuple(range(seeds)) if seeds else None)
     console = Console(stderr=True)
@@ -94,6 +101,35 @@ def fedface(
     md = write_report(result, out.with_suffix(".md"), out.with_suffix(".png"))
     Console().print(md)
     typer.echo(f"wrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+
+
+@app.command("train-cost")
+def train_cost_cmd(
+    out: Path = typer.Option(..., dir_okay=False, help="Where to write the JSON result"),
+    model: Path | None = typer.Option(None, help="Model file (default: dlib's network from the model cache)"),
+    batch: int = typer.Option(16, min=1),
+    threads: int = typer.Option(1, min=1, help="CPU threads (1: one phone core)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, mps or auto"),
+) -> None:
+    """A device's cost per photo of a local training step, for each choice of what it trains."""
+    from fedface_lab.bench_fedface import RESNET_FROZEN
+    from fedface_lab.bench_train_cost import train_cost
+    from fedface_lab.model_cache import cached_face_api_model
+
+    path = model or cached_face_api_model()[0]
+    choices = {"all layers": [], "last 4 blocks + fc (bench default)": list(RESNET_FROZEN),
+               "fc only": ["stem.", "blocks."]}
+    result = train_cost(path, choices, batch=batch, threads=threads, device=device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    table = Table(title=f"{result['architecture']}, batch {batch}, {threads} thread(s), {result['device']}")
+    for column in ("what is trained", "parameters trained", "ms per photo", "x forward"):
+        table.add_column(column)
+    for name, row in result["rows"].items():
+        table.add_row(name, str(row.get("trained_parameters", "-")), f"{1000 * row['s_per_photo']:.1f}",
+                      f"{row['ratio_to_forward']:.2f}")
+    Console().print(table)
+    typer.echo(f"wrote {out}")
 
 
 def _latency_of(endpoint: str) -> Callable[[dict[str, Any]], object]:

@@ -15,8 +15,8 @@ def demo(
     rounds: int = typer.Option(8, min=1),
     work_dir: Path = typer.Option(Path("fedface-data/demo"), help="Coordinator and device state"),
 ) -> None:
-    """Pretrain a small model (cached), serve it, enroll device agents on LFW photos, run FedFace rounds,
-    and print verification before and after on the development pairs."""
+    """Serve the pretrained face network (imported from the face-api package, cached), enroll device agents
+    on LFW photos, run FedFace rounds, and print verification before and after on the development folds."""
     from fedface_lab.demo import DemoConfig, run_demo
 
     if not (data / "cfp").is_dir() or not (data / "protocol" / "clients.txt").is_file():

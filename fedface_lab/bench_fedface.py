@@ -29,7 +29,7 @@ from fedface_lab.centralized import CentralizedConfig, centralized_finetune
 from fedface_lab.datasets import read_clients
 from fedface_lab.dev_eval import DevEvaluator
 from fedface_lab.machine import float_kernels, machine_info
-from fedface_lab.model_cache import cached_face_api_model, cached_pretrain
+from fedface_lab.model_cache import cached_face_api_start, cached_pretrain
 from fedface_lab.pretrain import PretrainConfig
 from fedface_lab.recentre import recentre
 from fedface_lab.simulate import Evaluator, RoundRecord, SimulationConfig, run_simulation
@@ -151,10 +151,10 @@ def resnet_params(population: int) -> dict[str, dict[str, Any]]:
     return {method: {**params, "frozen": list(RESNET_FROZEN)} for method, params in default_params(population).items()}
 
 
-def start_model(plan: ExperimentPlan, models_dir: Path | None = None) -> tuple[Path, bool]:
+def start_model(plan: ExperimentPlan, data: Path, models_dir: Path | None = None) -> tuple[Path, bool]:
     """The plan's starting model file and whether it came from the cache."""
     if plan.pretrain is None:
-        return cached_face_api_model(models_dir)
+        return cached_face_api_start(data, models_dir)
     return cached_pretrain(plan.pretrain, models_dir)
 
 
@@ -184,7 +184,7 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
     evaluator = evaluator_for(plan.rounds)
 
     t0 = time.perf_counter()
-    model, cached = start_model(plan, models_dir)
+    model, cached = start_model(plan, data, models_dir)
     pretrain_s = time.perf_counter() - t0
     log(f"pretrained model {model} ({'cached' if cached else f'made in {pretrain_s:.0f} s'})")
     pre_eval = evaluator(model, plan.rounds)  # the full metric set

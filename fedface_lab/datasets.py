@@ -164,14 +164,15 @@ def cfp_landmarks5(points: np.ndarray) -> np.ndarray:
     return np.stack([eye2, eye, points[NOSE_TIP], mouth2, mouth])
 
 
-def cfp_profile_correspondences(points: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def cfp_profile_correspondences(points: np.ndarray, size: int,
+                                alignment: TemplateName = "5pt-arcface") -> tuple[np.ndarray, np.ndarray]:
     """Source and template points for a profile photo. Mirroring fails there
     (the far eye is hidden, the midline is the nose ridge), so fit only what is
     visible: the eye and mouth corner go to the template's points of that side,
     the lip midline to the template's mouth centre. Horizontal distances are
     foreshortened by the yaw but vertical ones are not, so the fit's scale is
     set by the eye-mouth height, as on frontal photos."""
-    t = template(size)
+    t = template(size, alignment)
     eye = points[EYE].mean(0)
     lip = points[LIP_MIDLINE].mean(0)
     visible_left = eye[0] <= lip[0]
@@ -181,10 +182,11 @@ def cfp_profile_correspondences(points: np.ndarray, size: int) -> tuple[np.ndarr
     return src, dst
 
 
-def align_cfp(image: Image.Image, points: np.ndarray, pose: str, size: int) -> Image.Image:
+def align_cfp(image: Image.Image, points: np.ndarray, pose: str, size: int,
+              alignment: TemplateName = "5pt-arcface") -> Image.Image:
     if pose == "frontal":
-        return warp(image, cfp_landmarks5(points), size)
-    src, dst = cfp_profile_correspondences(points, size)
+        return warp(image, cfp_landmarks5(points), size, alignment)
+    src, dst = cfp_profile_correspondences(points, size, alignment)
     m = similarity_transform(src, dst)
     inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
     return image.convert("RGB").transform(
@@ -270,7 +272,7 @@ def load_crop(path: Path, method: CropMethod, size: int, cache: CropCache, fiduc
             if method == "cfp":
                 if fiducials is None:
                     raise ValueError("cfp crops need a fiducials file")
-                return align_cfp(im, read_fiducials(fiducials), pose, size)
+                return align_cfp(im, read_fiducials(fiducials), pose, size, alignment)
             return im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
 
     tag = f"{method}-{pose}" if method == "cfp" else method
@@ -280,12 +282,13 @@ def load_crop(path: Path, method: CropMethod, size: int, cache: CropCache, fiduc
 
 
 def load_cfp_crops(
-    items: list[CfpImage], size: int, cache: CropCache, progress: Callable[[int], None] | None = None
+    items: list[CfpImage], size: int, cache: CropCache, progress: Callable[[int], None] | None = None,
+    alignment: TemplateName = "5pt-arcface",
 ) -> np.ndarray:
     """(N, size, size, 3) uint8 aligned crops of CFP images."""
     out = np.empty((len(items), size, size, 3), dtype=np.uint8)
     for i, item in enumerate(items):
-        out[i] = np.asarray(load_crop(item.image, "cfp", size, cache, item.fiducials, item.pose))
+        out[i] = np.asarray(load_crop(item.image, "cfp", size, cache, item.fiducials, item.pose, alignment))
         if progress is not None:
             progress(1)
     return out

@@ -1,5 +1,6 @@
-"""The demo: pretrain (or reuse) a small model on the public data, run FedFace
-rounds with device agents on LFW client photos, compare before and after."""
+"""The demo: start from the pretrained face network (dlib's ResNet, imported from
+the pinned face-api package into the model cache), run FedFace rounds with
+device agents on LFW client photos, compare before and after."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fedface_lab.bench_fedface import ExperimentPlan, default_params, small_pretrain
+from fedface_lab.bench_fedface import ExperimentPlan, resnet_params
 from fedface_lab.dev_eval import DevEvaluator
-from fedface_lab.model_cache import cached_pretrain
+from fedface_lab.model_cache import cached_face_api_start
 from fedface_lab.simulate import RoundRecord, SimulationConfig, run_simulation
 
 
@@ -29,11 +30,11 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig) -> dict[str, object]:
     console = Console()
     started = time.perf_counter()
-    # A small pretraining (about a minute) and the experiment's client and server settings.
+    # The experiment's start and its client and server settings.
     plan = ExperimentPlan.quick(cfg.data)
-    console.rule("1. Pretraining on the operator's public data (CFP)")
-    model, cached = cached_pretrain(small_pretrain(cfg.data))
-    console.print(f"model: {model} ({'reused from cache' if cached else 'trained now'})")
+    console.rule("1. The pretrained face network (dlib's ResNet from the face-api package)")
+    model, cached = cached_face_api_start(cfg.data)
+    console.print(f"model: {model} ({'reused from cache' if cached else 'imported now'})")
 
     console.rule("2. The pretrained model on the development pairs")
     evaluator = DevEvaluator(cfg.data, cfg.rounds, all_pairs_every_eval=True)
@@ -54,7 +55,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, object]:
         SimulationConfig(model=model, data_root=cfg.data, work_dir=cfg.work_dir, algorithm="fedface",
                          devices=cfg.devices, per_round=cfg.per_round, rounds=cfg.rounds, concurrency=2,
                          local_epochs=plan.local_epochs, batch_size=plan.batch_size, learning_rate=plan.lr,
-                         params=default_params(cfg.devices)["fedface"]),
+                         params=resnet_params(cfg.devices)["fedface"]),
         evaluator, on_round=on_round,
     )
     after = sim["history"][-1]["eval"]

@@ -96,3 +96,15 @@ def cached_face_api_model(models_dir: Path | None = None) -> tuple[Path, bool]:
     if target.is_file():
         return target, True
     return import_face_api(fetch_face_api(), target), False
+
+
+def cached_face_api_start(data: Path, models_dir: Path | None = None) -> tuple[Path, bool]:
+    """The experiment's start: dlib's imported network with public class centres from CFP
+    (fedface_lab.public_centres), cached by the CFP data's fingerprint."""
+    from fedface_lab.public_centres import attach_public_centres
+
+    model, cached = cached_face_api_model(models_dir)
+    target = model.with_name(f"{model.stem}-cfp-centres-{data_fingerprint(data / 'cfp')[:12]}.safetensors")
+    if target.is_file():
+        return target, cached
+    return attach_public_centres(model, data / "cfp", target), False

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     data = Path(os.environ.get("FEDFACE_DATA", "../shared/data"))
     plan = ExperimentPlan.full(data)
     # model=PATH starts from another model (e.g. one a tuning run produced) instead of the pretrained one.
-    model = Path(overrides.pop("model")) if "model" in overrides else start_model(plan)[0]
+    model = Path(overrides.pop("model")) if "model" in overrides else start_model(plan, data)[0]
     algorithm = overrides.pop("algorithm", "fedface")
     params = dict(plan.params[algorithm])
     params.update({k[2:]: _value(overrides.pop(k)) for k in list(overrides) if k.startswith("p.")})
