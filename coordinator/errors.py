@@ -107,6 +107,10 @@ class NonFiniteValues(FedFaceError):
     status, code, title = 422, "non_finite_values", "The update contains NaN or Inf"
 
 
+class InvalidQuantization(FedFaceError):
+    status, code, title = 422, "invalid_quantization", "An int8 update's scale or values are out of range"
+
+
 class InvalidNumSamples(FedFaceError):
     status, code, title = 422, "invalid_num_samples", "The sample count is missing, negative or absurd"
 

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import numpy as np
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +21,7 @@ from coordinator.errors import (
     FedFaceError,
     InvalidMetadata,
     InvalidNumSamples,
+    InvalidQuantization,
     NotSelected,
     RoundClosed,
     RoundNotFound,
@@ -31,6 +33,7 @@ from coordinator.services import rounds as round_service
 from coordinator.services.uploads import receive, validate_staged_async
 from coordinator.strategies import make_strategy
 from fedface_common.tensors import TensorSpec
+from fedface_common.update_codec import QuantizationError, check_tensor
 from fedface_common.wire import HEADER_BASE_VERSION, HEADER_CLIENT_METRICS, HEADER_NUM_SAMPLES, SubmitResponse
 from storage.db import utcnow
 from storage.models import Device, Round, Update
@@ -76,6 +79,14 @@ def parse_client_metrics(headers: Mapping[str, str], limit: int) -> dict[str, An
     return metrics
 
 
+def check_encoded(name: str, values: np.ndarray) -> None:
+    """The int8 encoding's ranges: scales in bounds, no -128 (a float32 round's tensors pass as they are)."""
+    try:
+        check_tensor(name, values)
+    except QuantizationError as exc:
+        raise InvalidQuantization(str(exc)) from exc
+
+
 def _answer(upd: Update) -> SubmitResponse:
     return SubmitResponse(update_id=upd.id, round_id=upd.round_id, sha256=upd.blob_sha256, status="accepted")
 
@@ -91,10 +102,11 @@ def _check_open(rnd: Round, headers: Mapping[str, str]) -> None:
 
 
 async def _expected_spec(session: AsyncSession, ctx: AppContext, rnd: Round) -> TensorSpec:
+    """The tensors an update body of this round must hold, in the round's update encoding."""
     spec = ctx.update_specs.get(rnd.id)
     if spec is None:
         version = await model_service.get(session, rnd.base_version_id)
-        spec = make_strategy(rnd.algorithm, rnd.config.get("params")).update_spec(
+        spec = make_strategy(rnd.algorithm, rnd.config.get("params")).wire_spec(
             model_service.tensor_spec(version), model_service.embedding_dim(version))
         if len(ctx.update_specs) > 32:
             ctx.update_specs.clear()
@@ -144,7 +156,7 @@ async def _submit(
                 SUBMISSIONS.labels(outcome="replayed").inc()
                 return _answer(previous)
             raise DuplicateSubmission(f"update {previous.id} was already accepted for round {rnd.id}")
-        await validate_staged_async(writer, await _expected_spec(session, ctx, rnd))
+        await validate_staged_async(writer, await _expected_spec(session, ctx, rnd), check_encoded)
         sha = await writer.commit()
     finally:
         await writer.abort()  # no-op after commit; removes the staged file otherwise

@@ -6,12 +6,12 @@ read, and while streaming (a chunked body has no Content-Length)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 from safetensors import safe_open
 
-from coordinator.errors import InvalidTensors, NonFiniteValues, PayloadTooLarge, TensorSpecMismatch
+from coordinator.errors import FedFaceError, InvalidTensors, NonFiniteValues, PayloadTooLarge, TensorSpecMismatch
 from fedface_common.tensors import (
     TensorFormatError,
     TensorSpec,
@@ -21,6 +21,9 @@ from fedface_common.tensors import (
     parse_header,
 )
 from storage.blobs import BlobStore, BlobWriter
+
+# A further check of one decoded tensor (name, values); it raises a FedFaceError to refuse the body.
+TensorCheck = Callable[[str, np.ndarray], None]
 
 
 async def receive(
@@ -57,8 +60,9 @@ def _read_staged_header(writer: BlobWriter) -> tuple[TensorSpec, dict[str, str]]
             raise InvalidTensors(str(exc)) from exc
 
 
-def validate_staged(writer: BlobWriter, expected: TensorSpec | None) -> tuple[TensorSpec, dict[str, str]]:
-    """Check a staged safetensors body: header shape, expected spec, finiteness.
+def validate_staged(writer: BlobWriter, expected: TensorSpec | None,
+                    check: TensorCheck | None = None) -> tuple[TensorSpec, dict[str, str]]:
+    """Check a staged safetensors body: header shape, expected spec, finiteness, then `check` per tensor.
 
     Runs in a worker thread. Tensors are read one at a time through
     safetensors' memory map, so memory stays O(largest tensor)."""
@@ -74,12 +78,15 @@ def validate_staged(writer: BlobWriter, expected: TensorSpec | None) -> tuple[Te
                 arr = f.get_tensor(name)
                 if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                     raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
-    except (NonFiniteValues, TensorSpecMismatch):
+                if check is not None:
+                    check(name, arr)
+    except FedFaceError:
         raise
     except Exception as exc:  # safetensors' own errors for inconsistent files
         raise InvalidTensors(f"safetensors body could not be decoded: {exc}") from exc
     return spec, metadata
 
 
-async def validate_staged_async(writer: BlobWriter, expected: TensorSpec | None) -> tuple[TensorSpec, dict[str, str]]:
-    return await asyncio.to_thread(validate_staged, writer, expected)
+async def validate_staged_async(writer: BlobWriter, expected: TensorSpec | None,
+                                check: TensorCheck | None = None) -> tuple[TensorSpec, dict[str, str]]:
+    return await asyncio.to_thread(validate_staged, writer, expected, check)

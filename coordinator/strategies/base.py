@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedface_common.tensors import TensorInfo, TensorSpec
+from fedface_common.update_codec import DEFAULT_ENCODING, Encoding, wire_spec
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR, EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR
 
 
@@ -30,6 +31,12 @@ class StrategyParams(BaseModel):
         description="Step along the mean delta (FedOpt's server learning rate; 1 is plain FedAvg). Deltas of"
         " one-identity devices point in many directions and partly cancel in the mean; a larger step restores"
         " the size of a round's progress",
+    )
+    update_encoding: Encoding = Field(
+        default=DEFAULT_ENCODING,
+        description="How devices send their backbone deltas: float32 (exact), float16 (half the bytes) or int8"
+        " (a quarter: symmetric per-tensor quantisation, each value within half a step). Class embeddings and"
+        " moments stay float32 (fedface_common/update_codec.py)",
     )
 
 
@@ -97,6 +104,14 @@ class Strategy(ABC):
         if self.uses_class_embeddings and embedding_dim:
             spec[CLASS_EMBEDDING_TENSOR] = TensorInfo("F32", (embedding_dim,))
         return spec
+
+    def wire_spec(self, model_spec: TensorSpec, embedding_dim: int | None) -> TensorSpec:
+        """What a device's update body must hold: `update_spec` in the round's update encoding."""
+        return wire_spec(self.update_spec(model_spec, embedding_dim), self.update_encoding)
+
+    @property
+    def update_encoding(self) -> Encoding:
+        return self.params.update_encoding
 
     # Aggregation -----------------------------------------------------------------
     def fold(self, acc: Accumulator, device_id: uuid.UUID, update: Mapping[str, np.ndarray], num_samples: int) -> None:

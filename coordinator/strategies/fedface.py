@@ -34,7 +34,7 @@ class FedFaceStrategy(FedAvgStrategy):
         p: FedFaceParams = self.params  # type: ignore[assignment]
         return {"margin": p.margin, "wc_lr_scale": p.wc_lr_scale, "frozen": p.frozen,
                 "embedding_stats": p.embedding_stats, "embedding_lda_dims": p.embedding_lda_dims,
-                "embedding_lda_mirror": p.embedding_lda_mirror}
+                "embedding_lda_mirror": p.embedding_lda_mirror, "update_encoding": p.update_encoding}
 
     def finalize(
         self, base: Mapping[str, np.ndarray], acc: Accumulator, class_embeddings: Mapping[uuid.UUID, np.ndarray]

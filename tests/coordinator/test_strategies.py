@@ -13,6 +13,7 @@ from coordinator.strategies import Accumulator, make_strategy
 from coordinator.strategies.base import StrategyConfigError
 from coordinator.strategies.collapse import mean_offdiagonal_cosine
 from coordinator.strategies.spreadout import spreadout_grad, spreadout_loss, spreadout_steps
+from fedface_common.tensors import TensorInfo
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR
 
 SHAPES = {"a": (3, 2), "b": (4,)}
@@ -170,7 +171,7 @@ def test_fedface_sends_the_devices_their_loss_settings_and_nothing_server_side()
     params = make_strategy("fedface", {"margin": 0.7, "wc_lr_scale": 0, "frozen": ["bn_embedding.bias"],
                                        "embedding_stats": True, "server_lr": 2}).client_params()
     assert params == {"margin": 0.7, "wc_lr_scale": 0.0, "frozen": ["bn_embedding.bias"], "embedding_stats": True,
-                      "embedding_lda_dims": None, "embedding_lda_mirror": False}
+                      "embedding_lda_dims": None, "embedding_lda_mirror": False, "update_encoding": "float32"}
 
 
 @pytest.mark.parametrize(("bad", "field"), [
@@ -185,3 +186,15 @@ def test_bad_device_loss_settings_are_refused(bad: dict, field: str) -> None:
     for algorithm in ("fedface", "fedavg"):
         with pytest.raises(StrategyConfigError, match=field):
             make_strategy(algorithm, bad)
+
+
+@pytest.mark.parametrize("algorithm", ["fedface", "fedavg", "fedface-private", "fedavg-plain"])
+def test_every_algorithm_sends_its_update_encoding_and_refuses_unknown_ones(algorithm: str) -> None:
+    assert make_strategy(algorithm).client_params()["update_encoding"] == "float32"
+    int8 = make_strategy(algorithm, {"update_encoding": "int8"})
+    assert int8.client_params()["update_encoding"] == "int8"
+    spec = int8.wire_spec({"a": TensorInfo("F32", (3, 2)), "n": TensorInfo("I64", ())}, 4)
+    assert spec["a"] == TensorInfo("I8", (3, 2)) and spec["fedface.scale.a"] == TensorInfo("F32", (1,))
+    assert "n" not in spec and spec.get(CLASS_EMBEDDING_TENSOR, TensorInfo("F32", (4,))).dtype == "F32"
+    with pytest.raises(StrategyConfigError, match="update_encoding"):
+        make_strategy(algorithm, {"update_encoding": "int4"})
