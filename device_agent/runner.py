@@ -7,8 +7,8 @@ agents in one process and drive them itself; `Agent.run()` is the device's
 loop around it, sleeping through an injected sleeper.
 
 Privacy: photos, crops and features stay in this process. What leaves it is
-the update body (backbone deltas, plus w_c for fedface/fedavg) and the scalar
-metrics header."""
+the update body (backbone deltas in the round's update encoding, plus w_c for
+fedface/fedavg) and the scalar metrics header."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from device_agent import algorithms
 from device_agent.client import ApiError, DeviceClient, NetworkError, Unauthorized
 from device_agent.photos.pipeline import FacePipeline, FolderReport
 from device_agent.state import AgentState, Credential, Pending, sha256_hex
-from fedface_common import tensors
+from fedface_common import tensors, update_codec
 from fedface_common.face.checkpoint import decode_model
 from fedface_common.face.manifest import ModelManifest
 from fedface_common.face.preprocess import batch_to_tensor
@@ -244,6 +244,12 @@ class Agent:
             report.status, report.code, report.retry_after_s = Outcome.DROPPED, "unsupported_algorithm", after_round
             report.message = f"this agent cannot train {task.training.algorithm!r}"
             return report
+        try:  # before training: an update this agent cannot encode would be wasted work
+            update_codec.encoding_of(task.training.params)
+        except ValueError as exc:
+            report.status, report.code, report.retry_after_s = Outcome.DROPPED, "unsupported_encoding", after_round
+            report.message = f"this agent cannot send the round's update: {exc}"
+            return report
         estimate = self.state.last_round_seconds()
         if estimate is not None and estimate * self.deadline_safety + self.deadline_margin_s > remaining:
             report.status, report.retry_after_s = Outcome.DROPPED, after_round
@@ -283,7 +289,13 @@ class Agent:
             report.status, report.retry_after_s = Outcome.DROPPED, DEFAULT_RETRY_S
             report.message = "dropped: training finished after the round's deadline"
             return report
-        body = tensors.encode(result.update_tensors(cfg.algorithm))
+        try:
+            body = tensors.encode(update_codec.encode(result.update_tensors(cfg.algorithm),
+                                                      update_codec.encoding_of(cfg.params)))
+        except update_codec.UpdateEncodingError as exc:  # e.g. a diverged step beyond float16's range
+            report.status, report.code, report.retry_after_s = Outcome.DROPPED, "update_not_encodable", DEFAULT_RETRY_S
+            report.message = f"dropped: {exc}"
+            return report
         pending = Pending(task.round_id, task.model_version, len(x), sha256_hex(body), cfg.algorithm, metrics)
         self.state.save_pending(pending, body)
         self._before_submit()
