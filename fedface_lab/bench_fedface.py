@@ -77,13 +77,15 @@ class ExperimentPlan:
     centralized_lr: float = 0.01
     # The discriminant of the centralized model (centralized+lda): only for plans with lda rows.
     centralized_lda: bool = True
+    # Compact update encodings (update_encoding) to run FedFace with, beside its float32 rows.
+    encodings: tuple[str, ...] = ()
 
     @staticmethod
     def full(data: Path) -> ExperimentPlan:
         """From dlib's network: 1,012 devices, 15 rounds of 100, two seeds."""
         return replace(ExperimentPlan.full_pretrained(data), name="full", pretrain=None,
                        params=resnet_params(1012), statistics_rows=(), closing_lda=(), centralized_lda=False,
-                       **RESNET_TRAINING)
+                       encodings=("int8",), **RESNET_TRAINING)
 
     @staticmethod
     def quick(data: Path) -> ExperimentPlan:
@@ -170,6 +172,7 @@ def _row(method: str, evals: list[dict[str, Any]], rounds: int, wall_s: float,
     for key in HEADLINE:
         stats = _mean_std([e[key] for e in evals])
         row[key], row[f"{key}_std"] = stats["mean"], stats["std"]
+        row[f"{key}_per_seed"] = [e[key] for e in evals]
     row["feature_mean_offdiag_cos"] = _mean_std([e["feature_mean_offdiag_cos"] for e in evals])["mean"]
     return row
 
@@ -225,36 +228,43 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
         log(f"{name}: {_fmt(rows[-1])}")
 
     curves: dict[str, dict[str, list[Any]]] = {}
-    for method in METHODS:
+    # (row, algorithm, params, seeds): the methods, then FedFace with each compact update encoding
+    # (first seed only: what the encoding costs in accuracy and saves in bytes).
+    runs = [(m, m, plan.params.get(m, {}), plan.seeds) for m in METHODS]
+    runs += [(f"fedface ({enc} updates)", "fedface", {**plan.params.get("fedface", {}), "update_encoding": enc},
+              plan.seeds[:1]) for enc in plan.encodings]
+    for name, method, params, seeds in runs:
         evals, walls, bytes_up = [], [], []
         closing: list[tuple[dict[str, Any], float, float]] = []
-        for seed in plan.seeds:
-            def on_round(r: RoundRecord, method: str = method, seed: int = seed) -> None:
+        for seed in seeds:
+            def on_round(r: RoundRecord, name: str = name, seed: int = seed) -> None:
                 acc = f", acc {r.eval['accuracy']:.4f}" if r.eval else ""
-                log(f"{method} seed {seed} round {r.round}: {r.submitted} updates, "
+                log(f"{name} seed {seed} round {r.round}: {r.submitted} updates, "
                     f"W cos {r.server_metrics.get('w_mean_offdiag_cos', float('nan')):.3f}{acc} ({r.seconds:.0f} s)")
 
+            slug = name.replace(" ", "-").replace("(", "").replace(")", "")
             sim = run_simulation(SimulationConfig(
-                model=model, data_root=data, work_dir=work_dir / f"{method}-seed{seed}", algorithm=method,
+                model=model, data_root=data, work_dir=work_dir / f"{slug}-seed{seed}", algorithm=method,
                 devices=plan.devices, per_round=plan.per_round, rounds=plan.rounds, concurrency=plan.concurrency,
                 local_epochs=plan.local_epochs, batch_size=plan.batch_size, learning_rate=plan.lr,
-                params=plan.params.get(method, {}), eval_every=plan.eval_every, seed=seed), evaluator,
+                params=params, eval_every=plan.eval_every, seed=seed), evaluator,
                 on_round=on_round)
             history = sim["history"]
             evals.append(history[-1]["eval"])
             walls.append(sim["wall_s"])
             bytes_up.append(float(np.mean([r["bytes_up_per_device"] for r in history])))
-            curves.setdefault(method, {})[f"seed{seed}"] = [
+            # Every round's collapse monitor; accuracy where the round was evaluated.
+            curves.setdefault(name, {})[f"seed{seed}"] = [
                 {"round": 0, "accuracy": pre_eval["accuracy"]},
-                *({"round": r["round"], "accuracy": r["eval"]["accuracy"],
-                   "w_mean_offdiag_cos": r["server_metrics"].get("w_mean_offdiag_cos"),
-                   "mean_loss_after": r["mean_loss_after"]} for r in history if r["eval"]),
+                *({"round": r["round"], "w_mean_offdiag_cos": r["server_metrics"].get("w_mean_offdiag_cos"),
+                   "mean_loss_after": r["mean_loss_after"],
+                   **({"accuracy": r["eval"]["accuracy"]} if r["eval"] else {})} for r in history),
             ]
-            if method in plan.closing_lda:
+            if method in plan.closing_lda and name == method:
                 closing.append(statistics_round(Path(sim["final_model"]), f"{method}+lda-seed{seed}", lda_params))
                 log(f"{method}+lda seed {seed}: {_fmt(closing[-1][0])}")
-        rows.append(_row(method, evals, plan.rounds, float(np.mean(walls)), float(np.mean(bytes_up))))
-        log(f"{method}: {_fmt(rows[-1])}")
+        rows.append(_row(name, evals, plan.rounds, float(np.mean(walls)), float(np.mean(bytes_up))))
+        log(f"{name}: {_fmt(rows[-1])}")
         if closing:
             # Its wall time is the whole path to that model (training, then the closing round); its
             # upload is the closing round's.

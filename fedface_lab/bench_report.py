@@ -46,11 +46,18 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def plot_curves(result: dict[str, Any], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """Pairs accuracy at the evaluated rounds (left) and the collapse monitor, the mean off-diagonal
+    cosine of W, after every round (right)."""
+    fig, (ax, mon) = plt.subplots(1, 2, figsize=(12, 4))
     for method, seeds in result["curves"].items():
         for seed, points in seeds.items():
-            ax.plot([p["round"] for p in points], [p["accuracy"] for p in points], marker="o", markersize=3,
+            evaluated = [p for p in points if "accuracy" in p]
+            ax.plot([p["round"] for p in evaluated], [p["accuracy"] for p in evaluated], marker="o", markersize=3,
                     label=f"{method} ({seed})")
+            monitored = [p for p in points if p.get("w_mean_offdiag_cos") is not None]
+            if monitored:
+                mon.plot([p["round"] for p in monitored], [p["w_mean_offdiag_cos"] for p in monitored],
+                         marker=".", label=f"{method} ({seed})")
     levels = {"centralized": ("--", "centralized upper bound"), "lda": (":", "discriminant round, no training")}
     for row in result["rows"]:
         if row["method"] in levels:
@@ -62,8 +69,11 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
                     label=f"{row['method']} (closing round)")
     ax.set_xlabel("round")
     ax.set_ylabel("pairs accuracy, dev folds (A)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    mon.set_xlabel("round")
+    mon.set_ylabel("mean cosine between rows of W (1 = collapse)")
+    for axis in (ax, mon):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
