@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Pretrained face networks: fetch, import.", no_args_is_help=True)
+app = typer.Typer(help="Pretrained face networks: fetch, import, calibrate.", no_args_is_help=True)
 
 SOURCES = ("face-api",)
 
