@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="Benchmarks: the coordinator, the FedFace experiment, a device's training cost.", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks: the coordinator, the FedFace experiment, a device's training cost.",
+                  no_args_is_help=True)
 
 # The figures worth a glance in the terminal; the JSON file holds everything.
 _SUMMARY = ("backend", "accepted", "updates_per_s", "mb_per_s", "p50_ms", "p99_ms", "echo_updates_per_s",
