@@ -96,7 +96,9 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
     if not await asyncio.to_thread(_all_finite, result.weights):
         await _fail(ctx, round_id, "aggregation produced NaN or Inf; the served model is unchanged")
         return None
-    blob = encode(result.weights, {MANIFEST_METADATA_KEY: json.dumps(base_manifest)})
+    # Verification thresholds were calibrated on the parent's embeddings; a child must be calibrated anew.
+    child_manifest = {k: v for k, v in base_manifest.items() if k != "thresholds"}
+    blob = encode(result.weights, {MANIFEST_METADATA_KEY: json.dumps(child_manifest)})
     new_sha = await ctx.blobs.put_bytes(blob)
     size = len(blob)
     del blob

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,7 @@ import httpx
 import numpy as np
 from sqlalchemy import create_engine, text
 
-from fedface_common.tensors import decode, encode
+from fedface_common.tensors import decode, encode, metadata_of
 from fedface_common.wire import (
     CLASS_EMBEDDING_TENSOR,
     HEAD_MEAN,
@@ -18,6 +19,7 @@ from fedface_common.wire import (
     HEAD_WITHIN_SCATTER,
     HEADER_BASE_VERSION,
     HEADER_NUM_SAMPLES,
+    MANIFEST_METADATA_KEY,
 )
 from tests.support.fleet import (
     ADMIN,
@@ -70,6 +72,20 @@ def test_round_commits_weighted_mean_of_concurrent_devices(api: httpx.Client) ->
     assert newest["parent_id"] == v1["id"] and newest["round_id"] == rnd["id"] and newest["served"]
     assert newest["metrics"]["updates"] == 4
     assert 0 <= newest["metrics"]["aggregate_s"] < 30
+
+
+def test_a_child_version_drops_its_parents_verification_thresholds(api: httpx.Client) -> None:
+    v1 = register_model(api, extra_manifest={"thresholds": {"0.001": 0.93}, "notes": {"source": "test"}})
+    (device,) = enroll(api, 1)
+    rnd = start_round(api, target_devices=1, min_devices=1)
+    assert device.check_in()["status"] == "task"
+    assert device.submit(rnd["id"], delta_bytes(0), num_samples=1, base_version=v1["id"]).status_code == 200
+    wait_until(lambda: get_round(api, rnd["id"])["state"] == "committed", what="round commit")
+    child = get_round(api, rnd["id"])["result_version_id"]
+    manifest = json.loads(metadata_of(api.get(f"/v1/admin/models/{child}/weights", headers=ADMIN).content)
+                          [MANIFEST_METADATA_KEY])
+    # Measured on the parent's embeddings: a trained model is calibrated anew; the rest is kept.
+    assert "thresholds" not in manifest and manifest["notes"] == {"source": "test"}
 
 
 def test_each_device_downloads_only_its_task_and_its_own_embedding(api: httpx.Client) -> None:

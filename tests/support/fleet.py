@@ -32,8 +32,9 @@ def tiny_model(seed: int = 0, embedding_dim: int | None = EMBEDDING_DIM) -> dict
     }
 
 
-def model_bytes(tensors: dict[str, np.ndarray], embedding_dim: int | None = EMBEDDING_DIM) -> bytes:
-    manifest: dict[str, Any] = {"architecture": "test-dense"}
+def model_bytes(tensors: dict[str, np.ndarray], embedding_dim: int | None = EMBEDDING_DIM,
+                extra_manifest: dict[str, Any] | None = None) -> bytes:
+    manifest: dict[str, Any] = {"architecture": "test-dense", **(extra_manifest or {})}
     if embedding_dim:
         manifest["embedding_dim"] = embedding_dim
     return encode(tensors, {MANIFEST_METADATA_KEY: json.dumps(manifest)})
@@ -41,8 +42,8 @@ def model_bytes(tensors: dict[str, np.ndarray], embedding_dim: int | None = EMBE
 
 def register_model(api: httpx.Client, tensors: dict[str, np.ndarray] | None = None,
                    embedding_dim: int | None = EMBEDDING_DIM, serve: bool = True,
-                   admin: dict[str, str] = ADMIN) -> dict[str, Any]:
-    body = model_bytes(tensors if tensors is not None else tiny_model(), embedding_dim)
+                   admin: dict[str, str] = ADMIN, extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = model_bytes(tensors if tensors is not None else tiny_model(), embedding_dim, extra_manifest)
     r = api.post("/v1/admin/models", content=body, headers=admin, params={"serve": serve})
     assert r.status_code == 201, r.text
     return dict(r.json())
