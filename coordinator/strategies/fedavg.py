@@ -19,6 +19,14 @@ from coordinator.strategies.discriminant import discriminant_transform, fold_int
 from fedface_common.tensors import TensorInfo, TensorSpec
 from fedface_common.wire import EMBEDDING_PROJECTION, HEAD_MEAN, HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER
 
+FrozenPrefixes = list[Annotated[str, StringConstraints(min_length=1, max_length=200)]]
+
+
+def frozen_field() -> Any:
+    """The `frozen` parameter, the same for every strategy whose devices train a backbone."""
+    return Field(default_factory=list, max_length=64,
+                 description="Model parameters the devices must not train, by name prefix (e.g. stem.)")
+
 
 class PositiveLossParams(StrategyParams):
     """Client-side settings of the positive-only loss (FedAwS/FedFace)."""
@@ -49,10 +57,7 @@ class PositiveLossParams(StrategyParams):
         description="Devices measure the discriminant's moments on each photo and its left-right mirror image:"
         " twice the evidence of how their owner's face varies, for one more forward pass",
     )
-    frozen: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
-        default_factory=list, max_length=64,
-        description="Model parameters the devices must not train, by name prefix (e.g. bn_embedding.bias)",
-    )
+    frozen: FrozenPrefixes = frozen_field()
 
 
 class FedAvgStrategy(Strategy):

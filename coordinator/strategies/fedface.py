@@ -13,7 +13,7 @@ from pydantic import Field
 
 from coordinator.strategies.base import Accumulator, AggregationResult, StrategyParams
 from coordinator.strategies.collapse import mean_offdiagonal_cosine
-from coordinator.strategies.fedavg import FedAvgStrategy, PositiveLossParams
+from coordinator.strategies.fedavg import FedAvgStrategy, FrozenPrefixes, PositiveLossParams, frozen_field
 from coordinator.strategies.plain import PlainFedAvgStrategy
 from coordinator.strategies.spreadout import spreadout_loss, spreadout_steps
 
@@ -69,6 +69,7 @@ class PrivateParams(StrategyParams):
     cosface_margin: float = Field(default=0.35, ge=0, le=1)
     anchor: float = Field(default=0.0, ge=0, le=10_000,
                           description="Weight of the photos' start-of-round cosines to all public centres")
+    frozen: FrozenPrefixes = frozen_field()
 
 
 class FedFacePrivateStrategy(PlainFedAvgStrategy):

@@ -198,3 +198,13 @@ def test_every_algorithm_sends_its_update_encoding_and_refuses_unknown_ones(algo
     assert "n" not in spec and spec.get(CLASS_EMBEDDING_TENSOR, TensorInfo("F32", (4,))).dtype == "F32"
     with pytest.raises(StrategyConfigError, match="update_encoding"):
         make_strategy(algorithm, {"update_encoding": "int4"})
+
+
+@pytest.mark.parametrize("algorithm", ["fedface", "fedavg", "fedface-private"])
+def test_every_algorithm_whose_devices_train_a_backbone_sends_its_frozen_prefixes(algorithm: str) -> None:
+    frozen = ["stem.", "blocks.0."]
+    assert make_strategy(algorithm, {"frozen": frozen}).client_params()["frozen"] == frozen
+    assert make_strategy(algorithm).client_params()["frozen"] == []
+    for bad in ([""], "stem.", ["x" * 201]):
+        with pytest.raises(StrategyConfigError, match="frozen"):
+            make_strategy(algorithm, {"frozen": bad})
