@@ -20,9 +20,10 @@ from fedface_lab.datasets import CropCache, list_cfp, load_cfp_crops
 
 
 @torch.inference_mode()
-def attach_public_centres(model_path: Path, cfp_root: Path, out: Path, batch_size: int = 128) -> Path:
+def attach_public_centres(model_path: Path, cfp_root: Path, out: Path, batch_size: int = 128,
+                          max_identities: int | None = None) -> Path:
     model, manifest = load_model(model_path)
-    items = list_cfp(cfp_root)
+    items = list_cfp(cfp_root, max_identities)
     if not items:
         raise ValueError(f"no CFP photos under {cfp_root}")
     crops = torch.from_numpy(load_cfp_crops(items, manifest.input_size, CropCache(), alignment=manifest.alignment))
