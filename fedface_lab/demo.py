@@ -23,7 +23,7 @@ class DemoConfig:
     data: Path
     devices: int = 50
     per_round: int = 25
-    rounds: int = 8
+    rounds: int = 5
     work_dir: Path = Path("fedface-data/demo")
 
 
