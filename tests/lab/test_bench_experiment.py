@@ -13,7 +13,7 @@ import pytest
 
 from fedface_common.tensors import load_file
 from fedface_lab.bench_fedface import ExperimentPlan, gaps_closed, run_experiment
-from fedface_lab.bench_report import write_report
+from fedface_lab.bench_report import markdown_table, write_report
 from fedface_lab.recentre import recentre
 from fedface_lab.simulate import choose_clients
 from tests.lab.slices import slice_evaluator, tiny_pretrain_config
@@ -96,3 +96,16 @@ def test_gap_shares_by_hand() -> None:
     assert "fedface_gap_to_centralized+lda_closed_tar@far=0.001" not in got
     no_gap = [row("pretrained", 0.1), row("fedface", 0.2), row("centralized", 0.1), row("centralized+lda", 0.05)]
     assert gaps_closed(no_gap) == {"fedface_gap_closed_tar@far=0.001": None}
+
+
+def test_without_a_gap_the_report_gives_each_rows_change_against_the_pretrained_network() -> None:
+    def row(method: str, acc: float, tar3: float) -> dict[str, Any]:
+        return {"method": method, "accuracy": acc, "tar@far=0.001": tar3, "tar@far=0.0001": 0.5, "auc": 0.9,
+                "rounds": 1, "wall_s": 1.0, "bytes_up_per_device_per_round": None, "feature_mean_offdiag_cos": 0.5}
+
+    rows = [row("pretrained", 0.99, 0.90), row("fedface", 0.995, 0.92), row("centralized", 0.98, 0.85)]
+    result = {"rows": rows, "plan": {"seeds": [0]}, "wall_s": 61.0, **gaps_closed(rows)}
+    text = markdown_table(result)
+    assert "does not beat the pretrained network" in text
+    assert "fedface A +0.50, TAR@1e-3 +2.00, TAR@1e-4 +0.00, AUC +0.00" in text
+    assert "centralized A -1.00, TAR@1e-3 -5.00" in text
