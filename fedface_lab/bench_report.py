@@ -70,7 +70,7 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
             if monitored:
                 mon.plot([p["round"] for p in monitored], [p["w_mean_offdiag_cos"] for p in monitored],
                          marker=".", label=f"{method} ({seed})")
-    levels = {"centralized": ("--", "centralized upper bound"), "lda": (":", "discriminant round, no training")}
+    levels = {"centralized": ("--", "centralized fine-tune"), "lda": (":", "discriminant round, no training")}
     for row in result["rows"]:
         if row["method"] in levels:
             style, label = levels[row["method"]]
