@@ -10,8 +10,8 @@ import typer
 def demo(
     data: Path = typer.Option(Path("../shared/data"), envvar="FEDFACE_DATA",
                               help="Face data root (cfp/, lfw/, protocol/)"),
-    devices: int = typer.Option(50, min=2, help="Device agents, one client identity each"),
-    per_round: int = typer.Option(25, min=1),
+    devices: int = typer.Option(1012, min=2, help="Device agents, one client identity each"),
+    per_round: int = typer.Option(50, min=1),
     rounds: int = typer.Option(5, min=1),
     work_dir: Path = typer.Option(Path("fedface-data/demo"), help="Coordinator and device state"),
 ) -> None:
