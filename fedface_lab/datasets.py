@@ -231,8 +231,8 @@ class CropCache:
 
 def crop_method_for(manifest: ModelManifest) -> CropMethod:
     """How a model's evaluation and centralized crops are made: per-photo detection and alignment for
-    dlib's network (trained on such chips; a fixed crop of LFW's funneled photos costs it about 2 points
-    of pairs accuracy), the calibrated fixed crop for MobileFaceNet (trained on it)."""
+    dlib's network (trained on chips cut per photo from landmarks), the calibrated fixed crop for
+    MobileFaceNet (trained on it)."""
     return "detect" if manifest.alignment == "5pt-dlib" else "center"
 
 
