@@ -7,7 +7,7 @@ how the backbone deltas travel inside the update's safetensors body:
 * ``float16``: each backbone delta ``<name>`` as F16 of the same shape (half the bytes).
 * ``int8``: each backbone delta ``<name>`` as I8 of the same shape, q, plus a scalar F32 tensor
   ``fedface.scale.<name>`` of shape (1,), s, so that delta ~= q * s. Symmetric per-tensor quantisation:
-  s is the smallest float32 with max|delta| / s <= 127 (about max|delta| / 127; 0 for an all-zero
+  s is the smallest normal float32 with max|delta| / s <= 127 (about max|delta| / 127; 0 for an all-zero
   tensor) and q = round(delta / s) in [-127, 127], so each element is off by at most s / 2. -128 is
   never produced and is refused, so that q and -q always mean opposite steps.
 
@@ -99,10 +99,12 @@ def wire_spec(spec: TensorSpec, encoding: Encoding) -> TensorSpec:
 
 
 def _int8_scale(peak: float) -> np.float32:
-    """The smallest float32 s with peak / s <= 127 (checked in float64, as `quantize` divides)."""
+    """The smallest normal float32 s with peak / s <= 127 (checked in float64, as `quantize` divides).
+    Never subnormal: a subnormal float32 has too few significant bits to be a scale (rounding up to one can
+    overshoot max|delta| / 127 by 1e-5 relative), and tensors that small are zero for any model."""
     if peak == 0.0:
         return np.float32(0.0)
-    scale = np.float32(peak / QMAX)
+    scale = max(np.float32(peak / QMAX), np.finfo(np.float32).tiny)
     while scale == 0.0 or peak / float(scale) > QMAX:  # float32 rounding (or underflow) went below
         scale = np.nextafter(scale, np.float32(np.inf))
     return scale

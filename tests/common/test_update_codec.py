@@ -48,8 +48,10 @@ def test_int8_round_trip_is_within_half_a_step(delta: np.ndarray) -> None:
     assert q.dtype == np.int8 and q.shape == delta.shape and back.dtype == np.float32
     assert (q >= -127).all() and 0.0 <= scale <= MAX_SCALE
     peak = float(np.abs(delta.astype(np.float64)).max()) if delta.size else 0.0
-    # The scale is max|delta| / 127, rounded up to a float32 (only what float32 rounding demands).
-    assert peak / 127 <= scale <= max(peak / 127 * (1 + 2**-22), 2.0**-149)
+    # The scale is max|delta| / 127, rounded up to a float32 (only what float32 rounding demands), and
+    # never below the smallest normal float32.
+    tiny = float(np.finfo(np.float32).tiny)
+    assert scale == 0.0 or (peak / 127 <= scale <= max(peak / 127 * (1 + 2**-22), tiny))
     error = np.abs(back.astype(np.float64) - delta.astype(np.float64))
     # s / 2 from quantisation, plus the float32 rounding of q * s (subnormal products included).
     assert (error <= scale / 2 + np.abs(delta.astype(np.float64)) * 2.0**-23 + 2.0**-149).all()
