@@ -144,8 +144,8 @@ def default_params(population: int) -> dict[str, dict[str, Any]]:
 
 # dlib's network on the devices, chosen on the development folds (docs/results/face-api/tuning.md).
 # The centralized baseline fine-tunes the same layers with a CosFace softmax over the 1,012 client
-# identities for one epoch at lr 1e-4: every recipe tried (lr 1e-3 and 1e-4, all layers or the devices'
-# layers) ended below the pretrained network on the development folds (tuning.md).
+# identities for one epoch at lr 1e-4: both recipes tried (all layers at lr 1e-3, the devices' layers at
+# lr 1e-4) ended below the pretrained network on the development folds (tuning.md).
 # The devices' step and the length of training: FedFace gains at low FAR early and then drifts. With lr
 # 0.05, 3 rounds of 50 gained and 5 lost half a point of pairs accuracy; 10 rounds of 100 at lr 0.015
 # lost a point by the tenth round (0.9875 at the fifth); 5 rounds of 50 at lr 0.03 kept it (tuning.md).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from fedface_lab.datasets import default_cache_dir
@@ -43,8 +44,6 @@ def cached_pretrain(cfg: PretrainConfig, models_dir: Path | None = None) -> tupl
 def face_api_package_path() -> Path:
     """Where the install step keeps npm's tarball of the pinned face-api release
     (FEDFACE_FACE_API_PACKAGE overrides it)."""
-    import os
-
     from fedface_common.face import face_api
 
     explicit = os.environ.get("FEDFACE_FACE_API_PACKAGE")
