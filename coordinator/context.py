@@ -13,10 +13,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from coordinator.security import hash_secret
 from coordinator.settings import Settings
 from fedface_common.tensors import TensorSpec
+from fedface_common.update_codec import Encoding
 from storage.blobs import BlobStore
 from storage.blobs.factory import make_blob_store
 from storage.db import make_engine, make_sessionmaker
 from storage.redis_state import CoordinationState, make_redis
+
+
+@dataclass(frozen=True)
+class RoundUpdateSpec:
+    """What a round's updates hold (F32 deltas) and what their bodies hold (in the round's encoding)."""
+
+    f32: TensorSpec
+    wire: TensorSpec
+    encoding: Encoding
 
 
 @dataclass
@@ -31,7 +41,7 @@ class AppContext:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # What an update must contain, per round. A round's algorithm and base
     # version never change, so this is safe to keep for the process's life.
-    update_specs: dict[int, TensorSpec] = field(default_factory=dict)
+    update_specs: dict[int, RoundUpdateSpec] = field(default_factory=dict)
 
     def wake_driver(self) -> None:
         """Let this process's round driver look now instead of at its next tick."""

@@ -16,6 +16,7 @@ not held to a weaker recipe than the federated rows."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -81,18 +82,22 @@ class ExperimentPlan:
     centralized_lda: bool = True
     # Compact update encodings (update_encoding) to run FedFace with, beside its float32 rows.
     encodings: tuple[str, ...] = ()
+    # FedFace with this share of devices sending updates scaled by attack_scale, with the coordinator's
+    # default bounds and with them off (first seed only): what one hostile device in ten can do.
+    attackers: float = 0.0
+    attack_scale: float = 100.0
 
     @staticmethod
     def full(data: Path) -> ExperimentPlan:
         """From dlib's network: 1,012 devices, 5 rounds of 50, two seeds, and FedFace with int8 updates."""
         return replace(ExperimentPlan.full_pretrained(data), name="full", pretrain=None,
                        params=resnet_params(1012), statistics_rows=(), closing_lda=(), centralized_lda=False,
-                       encodings=("int8",), **RESNET_TRAINING)
+                       encodings=("int8",), attackers=0.1, **RESNET_TRAINING)
 
     @staticmethod
     def quick(data: Path) -> ExperimentPlan:
-        """The full plan with one seed and without the int8 row, within 15 minutes."""
-        return replace(ExperimentPlan.full(data), name="quick", seeds=(0,), encodings=())
+        """The full plan with one seed and without the int8 and attacker rows, within 15 minutes."""
+        return replace(ExperimentPlan.full(data), name="quick", seeds=(0,), encodings=(), attackers=0.0)
 
     @staticmethod
     def full_pretrained(data: Path) -> ExperimentPlan:
@@ -243,10 +248,16 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
     curves: dict[str, dict[str, list[Any]]] = {}
     # (row, algorithm, params, seeds): the methods, then FedFace with each compact update encoding
     # (first seed only: what the encoding costs in accuracy and saves in bytes).
-    runs = [(m, m, plan.params.get(m, {}), plan.seeds) for m in METHODS]
+    runs = [(m, m, plan.params.get(m, {}), plan.seeds, 0.0) for m in METHODS]
     runs += [(f"fedface ({enc} updates)", "fedface", {**plan.params.get("fedface", {}), "update_encoding": enc},
-              plan.seeds[:1]) for enc in plan.encodings]
-    for name, method, params, seeds in runs:
+              plan.seeds[:1], 0.0) for enc in plan.encodings]
+    if plan.attackers:
+        share = f"{plan.attackers:.0%} attackers x{plan.attack_scale:g}"
+        unbounded = {**plan.params.get("fedface", {}), "robust": {"norm_bound": "off", "sample_cap": "off"}}
+        runs += [(f"fedface ({share}, bounded)", "fedface", plan.params.get("fedface", {}), plan.seeds[:1],
+                  plan.attackers),
+                 (f"fedface ({share}, unbounded)", "fedface", unbounded, plan.seeds[:1], plan.attackers)]
+    for name, method, params, seeds, attackers in runs:
         evals, walls, bytes_up = [], [], []
         closing: list[tuple[dict[str, Any], float, float]] = []
         for seed in seeds:
@@ -255,12 +266,13 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
                 log(f"{name} seed {seed} round {r.round}: {r.submitted} updates, "
                     f"W cos {r.server_metrics.get('w_mean_offdiag_cos', float('nan')):.3f}{acc} ({r.seconds:.0f} s)")
 
-            slug = name.replace(" ", "-").replace("(", "").replace(")", "")
+            slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
             sim = run_simulation(SimulationConfig(
                 model=model, data_root=data, work_dir=work_dir / f"{slug}-seed{seed}", algorithm=method,
                 devices=plan.devices, per_round=plan.per_round, rounds=plan.rounds, concurrency=plan.concurrency,
                 local_epochs=plan.local_epochs, batch_size=plan.batch_size, learning_rate=plan.lr,
-                params=params, eval_every=plan.eval_every, seed=seed), evaluator,
+                params=params, eval_every=plan.eval_every, seed=seed, attackers=attackers,
+                attack_scale=plan.attack_scale), evaluator,
                 on_round=on_round)
             history = sim["history"]
             evals.append(history[-1]["eval"])

@@ -32,6 +32,7 @@ from device_agent.state import AgentState
 from fedface_cli.admin_client import AdminClient
 from fedface_common.face.checkpoint import load_manifest
 from fedface_common.face.manifest import ModelManifest
+from fedface_lab.attackers import ScaledUpdateClient
 from fedface_lab.bench_servers import ServerProcess, backend_env, free_port
 from fedface_lab.cached_pipeline import CachedDetectPipeline
 from fedface_lab.datasets import crop_method_for, read_clients
@@ -63,6 +64,10 @@ class SimulationConfig:
     # Before the rounds, one enrollment round of every device (no training: each
     # sends its class embedding), so the first spreadout sees every identity.
     enrollment_round: bool = False
+    # This share of the devices (chosen by the seed) send their updates times attack_scale
+    # (fedface_lab/attackers.py): what the coordinator's norm bound is there to contain.
+    attackers: float = 0.0
+    attack_scale: float = 100.0
 
     def round_config(self, per_round: int | None = None, local_epochs: int | None = None) -> dict[str, Any]:
         return {
@@ -135,9 +140,12 @@ class Simulation:
         token = str(self.admin.issue_token(max_uses=len(chosen), note="simulation")["token"])
         shared_blobs = cfg.work_dir / "shared-blobs"
         tls = httpx.create_ssl_context()  # one for all: a context per device costs ~20 ms each to build
+        hostile = set(random.Random(cfg.seed * 31 + 1).sample(range(len(chosen)), round(cfg.attackers * len(chosen))))
         for i, (name, _count) in enumerate(chosen):
+            client = (ScaledUpdateClient(self.url, timeout_s=300, verify=tls, factor=cfg.attack_scale) if i in hostile
+                      else DeviceClient(self.url, timeout_s=300, verify=tls))
             agent = Agent(
-                DeviceClient(self.url, timeout_s=300, verify=tls),
+                client,
                 AgentState(cfg.work_dir / "devices" / f"{i:04d}", shared_blobs),
                 FolderPhotos(cfg.data_root / "lfw" / "lfw-deepfunneled" / name, pipeline),
                 enroll_token=token, label=name, seed=cfg.seed * 100_003 + i,

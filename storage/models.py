@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -99,6 +100,9 @@ class Round(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    # The norm bound and sample cap the round folds with, fixed once from its first updates when adaptive
+    # (coordinator/engine/bounds.py); NULL until then.
+    bounds: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
 
 
 class Assignment(Base):
@@ -125,6 +129,8 @@ class Update(Base):
     client_metrics: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     replica_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # L2 norm of the decoded delta (class embedding excluded), measured at intake: it sets adaptive bounds.
+    delta_norm: Mapped[float | None] = mapped_column(Double, nullable=True)
 
 
 class ClassEmbedding(Base):

@@ -17,13 +17,15 @@ import numpy as np
 import structlog
 
 from coordinator.context import AppContext
-from coordinator.engine.folding import fold_updates
+from coordinator.engine.bounds import round_bounds
+from coordinator.engine.folding import AggregationError, fold_updates
 from coordinator.engine.partials import decode_accumulator
 from coordinator.metrics import AGGREGATION_SECONDS, ROUND_DURATION
 from coordinator.schemas import RoundConfig
 from coordinator.services import models as model_service
 from coordinator.services.rounds import AGGREGATING, COMMITTED, FAILED, create_round
-from coordinator.strategies import Accumulator, make_strategy
+from coordinator.strategies import Accumulator, AggregationResult, make_strategy
+from coordinator.strategies.robust import BoundedAggregation
 from fedface_common.tensors import decode, encode
 from fedface_common.wire import MANIFEST_METADATA_KEY
 from storage.db import utcnow
@@ -37,8 +39,30 @@ from storage.repositories.updates import UpdateRepository
 log = structlog.get_logger("coordinator.aggregate")
 
 
-def _all_finite(weights: dict[str, Any]) -> bool:
-    return all(w.dtype.kind != "f" or bool(np.isfinite(w).all()) for w in weights.values())
+def _all_finite(result: AggregationResult) -> bool:
+    arrays = [*result.weights.values(), *result.class_embeddings.values()]
+    return all(a.dtype.kind != "f" or bool(np.isfinite(a).all()) for a in arrays)
+
+
+def json_safe(value: Any) -> Any:
+    """Metrics as JSON can store them: a non-finite float becomes null (Postgres refuses NaN in JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _finalize(aggregation: BoundedAggregation, base: dict[str, np.ndarray], acc: Accumulator,
+              current_w: dict[Any, np.ndarray]) -> AggregationResult:
+    try:
+        return aggregation.finalize(base, acc, current_w)
+    except Exception as exc:  # pure computation on device values: retrying gives the same error
+        raise AggregationError(f"{type(exc).__name__}: {exc}") from exc
 
 
 async def _fail(ctx: AppContext, round_id: int, reason: str) -> None:
@@ -87,13 +111,21 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
         base_sha, base_manifest, algorithm = base.blob_sha256, base.manifest, rnd.algorithm
         config = RoundConfig.model_validate(rnd.config)
 
-    acc, folded = await merge_partials(ctx, partials, {u.id for u in rows})
-    direct = [(u.device_id, u.blob_sha256, u.num_samples) for u in rows if u.id not in folded]
-    acc.merge(await fold_updates(ctx, strategy, direct, expected))
-    base_weights = decode(await ctx.blobs.get_bytes(base_sha))
-    result = await asyncio.to_thread(strategy.finalize, base_weights, acc, current_w)
+    robust = strategy.params.robust
+    bounds = await round_bounds(ctx, round_id, robust, closing=True)
+    assert bounds is not None  # at close the bounds are always fixed
+    aggregation = BoundedAggregation(strategy, robust, bounds)
+    try:
+        acc, folded = await merge_partials(ctx, partials if robust.streaming else [], {u.id for u in rows})
+        direct = [(u.device_id, u.blob_sha256, u.num_samples) for u in rows if u.id not in folded]
+        acc.merge(await fold_updates(ctx.blobs, aggregation, direct, expected))
+        base_weights = decode(await ctx.blobs.get_bytes(base_sha))
+        result = await asyncio.to_thread(_finalize, aggregation, base_weights, acc, current_w)
+    except AggregationError as exc:
+        await _fail(ctx, round_id, f"aggregation failed: {exc}; the served model is unchanged"[:2000])
+        return None
     del base_weights
-    if not await asyncio.to_thread(_all_finite, result.weights):
+    if not await asyncio.to_thread(_all_finite, result):
         await _fail(ctx, round_id, "aggregation produced NaN or Inf; the served model is unchanged")
         return None
     # Verification thresholds were calibrated on the parent's embeddings; a child must be calibrated anew.
@@ -103,8 +135,8 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
     size = len(blob)
     del blob
     aggregate_s = time.perf_counter() - started
-    metrics = {**result.metrics, "aggregate_s": round(aggregate_s, 4), "algorithm": algorithm,
-               "folded_from_partials": len(folded), "folded_at_close": len(direct)}
+    metrics = json_safe({**result.metrics, "aggregate_s": round(aggregate_s, 4), "algorithm": algorithm,
+                         "folded_from_partials": len(folded), "folded_at_close": len(direct)})
 
     async with ctx.sessions() as session, session.begin():
         rounds = RoundRepository(session)

@@ -6,13 +6,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from coordinator.context import AppContext
-from coordinator.strategies import Accumulator, Strategy
+from coordinator.strategies import Accumulator
+from coordinator.strategies.robust import BoundedAggregation
 from fedface_common import update_codec
 from fedface_common.tensors import TensorSpec, decode
+from storage.blobs import BlobStore
 
 
-async def fold_updates(ctx: AppContext, strategy: Strategy, updates: list[tuple[uuid.UUID, str, int]],
+class AggregationError(Exception):
+    """Computing on the devices' values failed: retrying cannot help, so the round fails with this reason.
+
+    Only the computation raises it; a blob store or database that is unreachable is not this (the
+    driver retries those on its next pass)."""
+
+
+async def fold_updates(blobs: BlobStore, aggregation: BoundedAggregation, updates: list[tuple[uuid.UUID, str, int]],
                        expected: TensorSpec) -> Accumulator:
     """Fold (device_id, blob sha256, num_samples) triples into a fresh accumulator.
 
@@ -20,12 +28,16 @@ async def fold_updates(ctx: AppContext, strategy: Strategy, updates: list[tuple[
     encoding and decoded to F32 deltas here, one update at a time, before the strategy sees it."""
     acc = Accumulator()
     for device_id, sha, num_samples in updates:
-        data = await ctx.blobs.get_bytes(sha)
+        data = await blobs.get_bytes(sha)
 
         def _fold(data: bytes = data, device_id: uuid.UUID = device_id, num_samples: int = num_samples) -> None:
             # Finiteness was checked at intake; the round engine checks the aggregate again.
-            update = update_codec.decode(decode(data, require_finite=False), strategy.update_encoding, expected)
-            strategy.fold(acc, device_id, update, num_samples)
+            try:
+                update = update_codec.decode(decode(data, require_finite=False), aggregation.update_encoding,
+                                             expected)
+                aggregation.fold(acc, device_id, update, num_samples)
+            except Exception as exc:
+                raise AggregationError(f"update of device {device_id}: {type(exc).__name__}: {exc}") from exc
 
         await asyncio.to_thread(_fold)
         del data

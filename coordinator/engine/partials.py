@@ -15,10 +15,12 @@ import uuid
 import structlog
 
 from coordinator.context import AppContext
-from coordinator.engine.folding import fold_updates
+from coordinator.engine.bounds import round_bounds
+from coordinator.engine.folding import AggregationError, fold_updates
 from coordinator.services import models as model_service
 from coordinator.services.rounds import COLLECTING
 from coordinator.strategies import Accumulator, make_strategy
+from coordinator.strategies.robust import BoundedAggregation
 from fedface_common.tensors import decode, encode, metadata_of
 from storage.repositories.partials import PartialAggregateRepository
 from storage.repositories.rounds import RoundRepository
@@ -30,7 +32,10 @@ _SUM, _ROW = "sum.", "row."
 def encode_accumulator(acc: Accumulator) -> bytes:
     tensors = {_SUM + k: v for k, v in acc.sums.items()}
     tensors.update({_ROW + str(k): v for k, v in acc.rows.items()})
-    return encode(tensors, {"total_weight": repr(acc.total_weight), "count": str(acc.count)})
+    if acc.stacked:
+        raise ValueError("order-statistic accumulators are folded at close, never persisted")
+    return encode(tensors, {"total_weight": repr(acc.total_weight), "count": str(acc.count),
+                            "clipped": str(acc.clipped), "capped": str(acc.capped)})
 
 
 def decode_accumulator(data: bytes) -> Accumulator:
@@ -40,6 +45,7 @@ def decode_accumulator(data: bytes) -> Accumulator:
         sums={k[len(_SUM):]: v for k, v in tensors.items() if k.startswith(_SUM)},
         rows={uuid.UUID(k[len(_ROW):]): v for k, v in tensors.items() if k.startswith(_ROW)},
         total_weight=float(meta["total_weight"]), count=int(meta["count"]),
+        clipped=int(meta.get("clipped", 0)), capped=int(meta.get("capped", 0)),
     )
 
 
@@ -92,11 +98,22 @@ class PartialFolder:
             strategy = make_strategy(rnd.algorithm, rnd.config.get("params"))
             expected = strategy.update_spec(model_service.tensor_spec(base), model_service.embedding_dim(base))
             round_id = rnd.id
+        robust = strategy.params.robust
+        if not robust.streaming:
+            return 0  # order statistics need every update at once: the driver folds them at close
+        bounds = await round_bounds(ctx, round_id, robust, closing=False)
+        if bounds is None:
+            return 0  # the adaptive bounds are not fixed yet: fold once they are
         # Fold into a copy, so that a failed write leaves the cached state as persisted.
         work = Accumulator()
         work.merge(acc)
-        work.merge(await fold_updates(ctx, strategy, [(u.device_id, u.blob_sha256, u.num_samples) for u in pending],
-                                      expected))
+        try:
+            work.merge(await fold_updates(ctx.blobs, BoundedAggregation(strategy, robust, bounds),
+                                          [(u.device_id, u.blob_sha256, u.num_samples) for u in pending], expected))
+        except AggregationError as exc:
+            # Left to the driver, which folds what no partial covers and fails the round with the reason.
+            log.error("partial_fold_refused", round_id=round_id, error=str(exc))
+            return 0
         new_covered = covered | {u.id for u in pending}
         sha = await ctx.blobs.put_bytes(await asyncio.to_thread(encode_accumulator, work))
         async with ctx.sessions() as session, session.begin():

@@ -75,9 +75,11 @@ async def stop(session: AsyncSession, ctx: AppContext, actor: str, round_id: int
 
 
 async def cancel(session: AsyncSession, ctx: AppContext, actor: str, round_id: int) -> Round:
+    """Abandon a round that has not committed. An aggregating one can be cancelled too, so that nothing a
+    device sent can hold a round open: the aggregation's commit re-checks the state under the row lock."""
     rnd = await get(session, round_id, lock=True)
-    if rnd.state != COLLECTING:
-        raise InvalidRoundState(f"round {round_id} is {rnd.state}; only a collecting round can be cancelled")
+    if rnd.state not in (COLLECTING, AGGREGATING):
+        raise InvalidRoundState(f"round {round_id} is {rnd.state}; only an active round can be cancelled")
     now = utcnow()
     rnd.state, rnd.closed_at, rnd.finished_at, rnd.continuous_remaining = CANCELLED, now, now, 0
     await AuditRepository(session).record(actor, "round.cancel", str(round_id))

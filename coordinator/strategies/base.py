@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from coordinator.strategies.robust_params import RobustParams
 from fedface_common.tensors import TensorInfo, TensorSpec
 from fedface_common.update_codec import DEFAULT_ENCODING, Encoding, wire_spec
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR, EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR
@@ -31,6 +32,11 @@ class StrategyParams(BaseModel):
         description="Step along the mean delta (FedOpt's server learning rate; 1 is plain FedAvg). Deltas of"
         " one-identity devices point in many directions and partly cancel in the mean; a larger step restores"
         " the size of a round's progress",
+    )
+    robust: RobustParams = Field(
+        default_factory=RobustParams,
+        description="What one device's update can weigh: norm bound, sample cap, mean or order statistic"
+        " (coordinator/strategies/robust.py); on by default",
     )
     update_encoding: Encoding = Field(
         default=DEFAULT_ENCODING,
@@ -51,6 +57,10 @@ class Accumulator:
     total_weight: float = 0.0
     count: int = 0
     rows: dict[uuid.UUID, np.ndarray] = field(default_factory=dict)
+    clipped: int = 0  # updates whose delta was scaled down to the round's norm bound
+    capped: int = 0  # updates whose sample count was capped
+    # Each update's clipped deltas, kept only for order-statistic aggregation (never persisted as a partial).
+    stacked: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def merge(self, other: Accumulator) -> None:
         for name, value in other.sums.items():
@@ -60,6 +70,9 @@ class Accumulator:
                 self.sums[name] = value.copy()
         self.total_weight += other.total_weight
         self.count += other.count
+        self.clipped += other.clipped
+        self.capped += other.capped
+        self.stacked.extend(other.stacked)
         overlap = set(self.rows) & set(other.rows)
         if overlap:
             raise ValueError(f"devices folded twice: {sorted(map(str, overlap))[:3]}")
@@ -91,7 +104,7 @@ class Strategy(ABC):
     # Round configuration -------------------------------------------------------
     def client_params(self) -> dict[str, Any]:
         """Algorithm settings the devices need (they go into the task's training config)."""
-        return self.params.model_dump(exclude={"server_lr"})
+        return self.params.model_dump(exclude={"server_lr", "robust"})
 
     def update_spec(self, model_spec: TensorSpec, embedding_dim: int | None) -> TensorSpec:
         """What a device's update must contain: an F32 delta per float tensor of
@@ -114,8 +127,9 @@ class Strategy(ABC):
         return self.params.update_encoding
 
     # Aggregation -----------------------------------------------------------------
-    def fold(self, acc: Accumulator, device_id: uuid.UUID, update: Mapping[str, np.ndarray], num_samples: int) -> None:
-        if num_samples <= 0:
+    def fold(self, acc: Accumulator, device_id: uuid.UUID, update: Mapping[str, np.ndarray],
+             num_samples: float) -> None:
+        if not num_samples > 0:
             raise ValueError("num_samples must be positive")
         w = float(num_samples)
         for name, delta in update.items():

@@ -3,8 +3,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -96,6 +97,20 @@ class RoundRepository:
         except IntegrityError:
             return False
         return True
+
+    async def fix_bounds(self, round_id: int, bounds: dict[str, Any]) -> dict[str, Any] | None:
+        """Store the round's bounds unless some process stored them first; returns the stored ones.
+
+        One conditional UPDATE: a concurrent writer's row lock makes this one re-check
+        `bounds IS NULL` after it commits, so exactly one set of bounds is ever stored."""
+        await self.session.execute(
+            update(Round).where(Round.id == round_id, Round.bounds.is_(None)).values(bounds=bounds)
+            .execution_options(synchronize_session=False))
+        return await self.stored_bounds(round_id)
+
+    async def stored_bounds(self, round_id: int) -> dict[str, Any] | None:
+        return await self.session.scalar(
+            select(Round.bounds).where(Round.id == round_id).execution_options(populate_existing=True))
 
 
 async def device_has_task_for_version(session: AsyncSession, device_id: uuid.UUID, version_id: int) -> bool:

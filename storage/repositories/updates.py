@@ -47,3 +47,13 @@ class UpdateRepository:
     async def count(self, round_id: int) -> int:
         stmt = select(func.count()).select_from(Update).where(Update.round_id == round_id)
         return int(await self.session.scalar(stmt) or 0)
+
+    async def first_nonzero_norms(self, round_id: int, n: int) -> list[float]:
+        """The delta norms of the round's first n accepted updates that moved anything."""
+        stmt = (select(Update.delta_norm).where(Update.round_id == round_id, Update.delta_norm > 0)
+                .order_by(Update.id).limit(n))
+        return [float(v) for v in (await self.session.scalars(stmt)).all() if v is not None]
+
+    async def first_sample_counts(self, round_id: int, n: int) -> list[int]:
+        stmt = select(Update.num_samples).where(Update.round_id == round_id).order_by(Update.id).limit(n)
+        return [int(v) for v in (await self.session.scalars(stmt)).all()]
