@@ -183,7 +183,7 @@ def models_register(ctx: typer.Context, file: Path = typer.Argument(..., exists=
     and its class centres are attached to the new version (fedface-private ships them to devices)."""
     import tempfile
 
-    from fedface_lab.publish import has_extras, split_pretrained
+    from fedface_common.face.publish import has_extras, split_pretrained
 
     with _client(ctx) as c, tempfile.TemporaryDirectory() as tmp:
         centres = None

@@ -30,6 +30,7 @@ from fedface_common.face.preprocess import normalise_uint8
 from fedface_lab.centralized import client_crops
 from fedface_lab.datasets import CropCache
 from fedface_lab.dev_eval import DevEvaluator
+from fedface_lab.tuning_log import record_result
 
 
 def recentre(model_path: Path, data: Path, out: Path, lda_dims: int | None = None,
@@ -55,8 +56,6 @@ def recentre(model_path: Path, data: Path, out: Path, lda_dims: int | None = Non
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    from fedface_lab.tuning import record_result  # tuning imports the bench, which imports this module
-
     name, model_path = argv[0], Path(argv[1])
     lda_dims = int(argv[2]) if len(argv) > 2 else None
     shrinkage = float(argv[3]) if len(argv) > 3 else 0.1

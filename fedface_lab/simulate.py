@@ -36,7 +36,7 @@ from fedface_lab.attackers import ScaledUpdateClient
 from fedface_lab.bench_servers import ServerProcess, backend_env, free_port
 from fedface_lab.cached_pipeline import CachedDetectPipeline
 from fedface_lab.datasets import crop_method_for, read_clients
-from fedface_lab.publish import split_pretrained
+from fedface_common.face.publish import split_pretrained
 
 
 @dataclass

@@ -22,10 +22,8 @@ from typing import Any
 
 from fedface_lab.bench_fedface import ExperimentPlan, start_model
 from fedface_lab.dev_eval import DevEvaluator
-from fedface_lab.machine import cpu_model, float_kernels
 from fedface_lab.simulate import RoundRecord, SimulationConfig, run_simulation
-
-METRICS = ("accuracy", "tar@far=0.001", "tar@far=0.0001", "auc", "feature_mean_offdiag_cos")
+from fedface_lab.tuning_log import record_result
 
 
 def _value(raw: str) -> Any:
@@ -67,16 +65,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     started = time.time()
     sim = run_simulation(cfg, DevEvaluator(data, rounds), on_round=on_round)
     return record_result(name, rounds, argv[2:], time.time() - started, sim["history"][-1]["eval"])
-
-
-def record_result(name: str, rounds: int, args: list[str], wall_s: float, final: dict[str, Any]) -> dict[str, Any]:
-    """Print one run's final evaluation and append it to FEDFACE_TUNING_OUT, with the host it ran on."""
-    out = {"name": name, "rounds": rounds, "args": args, "wall_s": wall_s,
-           **{k: final[k] for k in METRICS}, "cpu_model": cpu_model(), **float_kernels()}
-    print("RESULT", json.dumps(out), flush=True)
-    with Path(os.environ.get("FEDFACE_TUNING_OUT", "docs/results/tuning.jsonl")).open("a") as f:
-        f.write(json.dumps(out) + "\n")
-    return out
 
 
 if __name__ == "__main__":

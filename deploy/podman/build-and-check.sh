@@ -176,6 +176,22 @@ while :; do
     sleep 1
 done
 say "/readyz answered 200"
+# What operators do first: register a model with the CLI inside the image (numpy and safetensors only).
+make_model='import json, sys
+import numpy as np
+from fedface_common.tensors import encode
+from fedface_common.wire import MANIFEST_METADATA_KEY
+manifest = {MANIFEST_METADATA_KEY: json.dumps({"architecture": "image-check", "embedding_dim": 2})}
+open(sys.argv[1], "wb").write(encode({"w": np.zeros((2, 2), np.float32)}, manifest))'
+register_log="$log.register"
+if ! in_image /bin/sh -c 'cd "$0" && python3 -c "$1" "${FEDFACE_DATA_DIR:-fedface-data}/image-check.safetensors" &&
+        fedface admin --server "http://127.0.0.1:$2" --token-file "${FEDFACE_DATA_DIR:-fedface-data}/admin-token" \
+        models register "${FEDFACE_DATA_DIR:-fedface-data}/image-check.safetensors" --serve' "$workdir" "$make_model" "$port" >"$register_log" 2>&1; then
+    tail -n 20 "$register_log" >&2
+    say "FAILED: 'fedface admin models register' does not work inside the image"
+    exit 1
+fi
+say "fedface admin models register worked inside the image"
 if ((${#hc[@]})); then
     [[ "${hc[0]}" == CMD ]] || { say "FAILED: HEALTHCHECK is not an exec-form CMD: ${hc[*]}"; exit 1; }
     # The image's HEALTHCHECK probes port 8000; in host mode the server listens elsewhere.

@@ -1,4 +1,4 @@
-"""Build the coordinator image with podman and check it turns ready.
+"""Build the coordinator image with podman, check it turns ready and registers a model with its own CLI.
 
 Slow (a warm build is ~20-30 s, a cold one a few minutes) and needs root,
 podman and debootstrap, so it only runs where CI says podman is usable:
@@ -29,3 +29,4 @@ def test_image_builds_and_turns_ready() -> None:
     proc = subprocess.run([str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, f"image check failed:\n{proc.stderr[-4000:]}"
     assert "/readyz answered 200" in proc.stderr
+    assert "fedface admin models register worked inside the image" in proc.stderr

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from fedface_common import tensors
+from fedface_common.face.publish import has_extras, split_pretrained
 from fedface_common.wire import CLASS_CENTRES_TENSOR, MANIFEST_METADATA_KEY, PRETRAIN_CLASS_CENTRES
-from fedface_lab.publish import has_extras, split_pretrained
 
 
 def test_split_moves_class_centres_out_of_the_served_weights(tmp_path: Path) -> None:
