@@ -12,12 +12,26 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 
 class BlobNotFound(KeyError):
     pass
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A blob (`key` is its sha256) or a staging file (`key` is its file name) as listed.
+
+    `modified` is when the bytes were last committed (UTC): a blob's age counts
+    from its latest commit, so bytes committed again are young again."""
+
+    key: str
+    size: int
+    modified: datetime
 
 
 class BlobWriter(ABC):
@@ -159,6 +173,10 @@ class StagedFileWriter(BlobWriter):
 
 
 class BlobStore(ABC):
+    # Where writers stage uploads, and the prefix of their file names there.
+    staging_dir: Path
+    staging_prefix: str
+
     @abstractmethod
     def writer(self) -> BlobWriter: ...
 
@@ -190,6 +208,54 @@ class BlobStore(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise when the store cannot be reached (readiness probe)."""
+
+    @abstractmethod
+    def list_blobs(self) -> AsyncIterator[StoredObject]:
+        """Every stored blob with its size and last commit time, in no particular order."""
+
+    @abstractmethod
+    async def delete_if_older(self, sha256: str, before: datetime) -> bool:
+        """Delete the blob only if its last commit is still before BEFORE; True when it was deleted.
+
+        The age is read again here, not taken from an earlier listing: bytes
+        committed again since (the same content uploaded anew) must stay."""
+
+    async def list_staging(self) -> list[StoredObject]:
+        """The staging files of uploads in progress, or left behind by a process that died mid-upload."""
+        return await asyncio.to_thread(self._scan_staging)
+
+    def _scan_staging(self) -> list[StoredObject]:
+        found = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.staging_dir) as entries:
+            for entry in entries:
+                if not entry.name.startswith(self.staging_prefix):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # committed or aborted meanwhile
+                    st = entry.stat(follow_symlinks=False)
+                    if entry.is_file(follow_symlinks=False):
+                        found.append(StoredObject(entry.name, st.st_size, mtime_utc(st.st_mtime)))
+        return found
+
+    async def delete_staging_if_older(self, name: str, before: datetime) -> bool:
+        """Remove a staging file last written before BEFORE; True when it was removed."""
+        if os.sep in name or (os.altsep and os.altsep in name) or not name.startswith(self.staging_prefix):
+            raise ValueError(f"not a staging file name: {name!r}")
+        path = self.staging_dir / name
+
+        def remove() -> bool:
+            try:
+                if mtime_utc(path.stat().st_mtime) >= before:
+                    return False
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            return True
+
+        return await asyncio.to_thread(remove)
+
+
+def mtime_utc(mtime: float) -> datetime:
+    return datetime.fromtimestamp(mtime, UTC)
 
 
 def check_key(sha256: str) -> str:

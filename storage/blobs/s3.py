@@ -3,8 +3,9 @@
 Every coordinator replica shares one bucket, which is what makes the
 coordinator horizontally scalable: a blob uploaded through one replica can be
 served by another. Objects live at `<prefix><sha256>`; because keys are the
-hash of the content, an upload of a key that already exists is skipped and two
-replicas racing to store the same bytes write identical objects.
+hash of the content, an upload of a key that already exists sends no bytes
+again (a server-side copy refreshes the object's age) and two replicas racing
+to store the same bytes write identical objects.
 
 boto3 is synchronous, so every network call runs in a worker thread
 (`asyncio.to_thread`) to keep the event loop free."""
@@ -12,7 +13,9 @@ boto3 is synchronous, so every network call runs in a worker thread
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from storage.blobs.base import BlobNotFound, BlobStore, BlobWriter, StagedFileWriter, check_key
+from storage.blobs.base import BlobNotFound, BlobStore, BlobWriter, StagedFileWriter, StoredObject, check_key
 
 # Error codes S3 and its look-alikes use for "no such object/bucket". A HEAD
 # response has no body, so botocore reports it by HTTP status ("404").
@@ -76,7 +79,7 @@ class _S3Writer(StagedFileWriter):
     known and the bytes can be validated before anything reaches S3."""
 
     def __init__(self, store: S3BlobStore) -> None:
-        super().__init__(store.tmp_dir, "s3-upload-")
+        super().__init__(store.staging_dir, store.staging_prefix)
         self._store = store
 
     async def commit(self) -> str:
@@ -120,6 +123,9 @@ class S3BlobStore(BlobStore):
         self.tmp_dir = tmp_dir
         if tmp_dir is not None:
             tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Without a directory of its own the store stages in the system's temp directory; the
+        # prefix tells its files from everything else there.
+        self.staging_dir, self.staging_prefix = tmp_dir or Path(tempfile.gettempdir()), "s3-upload-"
         self._create_bucket = create_bucket
         self._bucket_ready = False
 
@@ -186,11 +192,26 @@ class S3BlobStore(BlobStore):
             existing = -1
         # Same key means same bytes, so an object of the right size is kept;
         # one of another size can only be damaged, and is replaced.
-        if existing == path.stat().st_size:
+        if existing == path.stat().st_size and await self._refresh(key):
             return
         # upload_file switches to a multipart upload for big files; botocore
         # adds a CRC checksum per request, so corruption in transit is caught.
         await asyncio.to_thread(self.client.upload_file, str(path), self.bucket, key)
+
+    async def _refresh(self, key: str) -> bool:
+        """Make an existing object young again without sending its bytes (a copy onto itself);
+        False when it is gone (collected meanwhile), and must be uploaded.
+
+        The collector removes only objects older than its grace period; an object kept as it was
+        would keep its old age, and could be taken before the row of this upload commits."""
+        try:
+            await asyncio.to_thread(self.client.copy_object, Bucket=self.bucket, Key=key,
+                                    CopySource={"Bucket": self.bucket, "Key": key}, MetadataDirective="REPLACE")
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return False
+            raise
+        return True
 
     async def exists(self, sha256: str) -> bool:
         try:
@@ -246,3 +267,33 @@ class S3BlobStore(BlobStore):
     async def ping(self) -> None:
         await self._maybe_ensure_bucket(self.probe_client)
         await asyncio.to_thread(self.probe_client.head_bucket, Bucket=self.bucket)
+
+    # -- collection -------------------------------------------------------------
+
+    async def list_blobs(self) -> AsyncIterator[StoredObject]:
+        await self._maybe_ensure_bucket()
+        pages = iter(self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix))
+        while (page := await asyncio.to_thread(next, pages, None)) is not None:
+            for obj in page.get("Contents", []):
+                sha = obj["Key"][len(self.prefix):]
+                if len(sha) == 64 and all(c in "0123456789abcdef" for c in sha):  # others share the prefix
+                    yield StoredObject(sha, int(obj["Size"]), _utc(obj["LastModified"]))
+
+    async def delete_if_older(self, sha256: str, before: datetime) -> bool:
+        # S3 has no delete conditional on age, so the age is read just before the DELETE. An
+        # upload of these same bytes between the two calls (one round trip) would be lost; the
+        # local store closes that gap with a lock, which S3 does not offer.
+        try:
+            modified = _utc((await self._head(sha256))["LastModified"])
+        except BlobNotFound:
+            return False
+        if modified >= before:
+            return False
+        await self.delete(sha256)
+        return True
+
+
+def _utc(value: datetime) -> datetime:
+    """S3 reports whole seconds: rounded up, so that an object never looks older than it is."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.replace(microsecond=0) + timedelta(seconds=1)
