@@ -10,8 +10,10 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator.metrics import ERRORS
+from coordinator.validation_problems import clipped_detail, http_problem, listed_errors, summary
 
 log = structlog.get_logger("coordinator.errors")
 
@@ -111,6 +113,14 @@ class InvalidQuantization(FedFaceError):
     status, code, title = 422, "invalid_quantization", "An int8 update's scale or values are out of range"
 
 
+class InvalidJson(FedFaceError):
+    status, code, title = 400, "invalid_json", "The body is not valid JSON"
+
+
+class InvalidHeader(FedFaceError):
+    status, code, title = 400, "invalid_header", "A header's value is malformed"
+
+
 class InvalidNumSamples(FedFaceError):
     status, code, title = 422, "invalid_num_samples", "The sample count is missing, negative or absurd"
 
@@ -142,7 +152,7 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {}
         if isinstance(exc, RateLimited) and "retry_after_s" in exc.extra:
             headers["Retry-After"] = str(int(exc.extra["retry_after_s"]))
-        resp = problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+        resp = problem(exc.status, exc.code, exc.title, clipped_detail(exc.detail), **exc.extra)
         resp.headers.update(headers)
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
@@ -151,6 +161,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         ERRORS.labels(code="validation_error").inc()
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        all_errors = exc.errors()
+        errors = listed_errors(all_errors)
         log.warning("request_refused", code="validation_error", status=422, path=request.url.path)
-        return problem(422, "validation_error", "Request validation failed", None, errors=errors)
+        return problem(422, "validation_error", "Request validation failed", summary(errors, len(all_errors)),
+                       errors=errors, error_count=len(all_errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code, title, detail = http_problem(exc.status_code, exc.detail)
+        ERRORS.labels(code=code).inc()
+        resp = problem(exc.status_code, code, title, detail)
+        resp.headers.update(exc.headers or {})
+        return resp

@@ -8,11 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedface_common.text import PlainJsonObject, PlainText
+
 
 class RoundConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    algorithm: str = Field(default="fedface", max_length=32)
+    algorithm: PlainText = Field(default="fedface", max_length=32)
     target_devices: int = Field(default=10, ge=1, le=100_000)
     min_devices: int = Field(default=1, ge=1, le=100_000)
     over_selection: float = Field(default=1.3, ge=1.0, le=10.0)
@@ -26,7 +28,7 @@ class RoundConfig(BaseModel):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0, le=1)
-    params: dict[str, Any] = Field(default_factory=dict, description="Algorithm parameters (see docs)")
+    params: PlainJsonObject = Field(default_factory=dict, description="Algorithm parameters (see docs)")
     continuous_rounds: int = Field(default=0, ge=0, le=100_000, description="Start this many more rounds after")
 
     @model_validator(mode="after")
@@ -75,7 +77,7 @@ class TokenRequest(BaseModel):
 
     max_uses: int = Field(default=1, ge=1, le=1_000_000)
     ttl_s: float = Field(default=24 * 3600, gt=0, le=365 * 24 * 3600)
-    note: str | None = Field(default=None, max_length=256)
+    note: PlainText | None = Field(default=None, max_length=256)
 
 
 class TokenOut(BaseModel):

@@ -9,12 +9,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from coordinator.weak_secrets import MIN_ADMIN_TOKEN_CHARS, admin_token_weakness
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FEDFACE_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a settings error must not print the token or a database URL's password.
+    model_config = SettingsConfigDict(env_prefix="FEDFACE_", env_file=None, extra="ignore",
+                                      hide_input_in_errors=True)
 
     data_dir: Path = Path("fedface-data")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under data_dir if unset")
@@ -33,12 +37,21 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Admin bearer token; generated into data_dir/admin-token when unset"
     )
+    environment: Literal["development", "production"] | None = Field(
+        default=None,
+        description="In production the coordinator refuses to start with a weak admin token. Unset: production"
+        " whenever database_url or redis_url is set, development on the embedded default",
+    )
+
 
     # Intake limits: every size and value a device sends is checked against these.
     max_update_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     max_num_samples: int = Field(default=100_000, gt=0)
     max_metrics_bytes: int = Field(default=4096, gt=0)
+    max_json_body_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Largest JSON request body; a larger one is refused unread (413)"
+    )
 
     # HTTP serving.
     keep_alive_s: int = Field(
@@ -66,6 +79,26 @@ class Settings(BaseSettings):
     replica_id: str | None = Field(default=None, description="Stable name of this process; random if unset")
     log_level: str = "INFO"
     log_json: bool = True
+
+    @property
+    def production(self) -> bool:
+        if self.environment is not None:
+            return self.environment == "production"
+        return bool(self.database_url or self.redis_url)
+
+    @model_validator(mode="after")
+    def _refuse_weak_admin_token(self) -> Settings:
+        # Unset is fine: a random token is generated (context.py). A weak one set by hand is the
+        # shipped placeholder or a test value that reached a real deployment.
+        if self.production and self.admin_token is not None:
+            weakness = admin_token_weakness(self.admin_token.get_secret_value())
+            if weakness is not None:
+                raise ValueError(
+                    f"FEDFACE_ADMIN_TOKEN (admin_token) {weakness}; in production the coordinator needs a random"
+                    f" token of at least {MIN_ADMIN_TOKEN_CHARS} characters: generate one with `openssl rand -hex 32`"
+                    " (FEDFACE_ENVIRONMENT=development lifts this check for a local test setup)"
+                )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def migrate() -> None:
     """Upgrade the configured database (FEDFACE_DATABASE_URL, or the embedded SQLite) to the latest schema."""
-    from coordinator.settings import get_settings
+    from fedface_cli.serve_cmd import settings_or_exit
     from storage.migrate import upgrade_to_head
 
-    upgrade_to_head(get_settings().resolved_database_url)
+    upgrade_to_head(settings_or_exit("migrate").resolved_database_url)

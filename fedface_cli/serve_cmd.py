@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:
+    from coordinator.settings import Settings
+
+
+def settings_or_exit(command: str) -> Settings:
+    """The FEDFACE_* settings, or a message per invalid setting and exit status 2."""
+    from pydantic import ValidationError
+
+    from coordinator.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        # Each message names its setting; the values stay out of the output (hide_input_in_errors).
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            typer.echo(f"fedface {command}: invalid settings: {where + ': ' if where else ''}{error['msg']}", err=True)
+        raise typer.Exit(2) from None
 
 
 def serve(
@@ -14,10 +35,9 @@ def serve(
     import uvicorn
 
     from coordinator.app import create_app
-    from coordinator.settings import get_settings
     from storage.migrate import upgrade_to_head
 
-    settings = get_settings()
+    settings = settings_or_exit("serve")
     if migrate:
         upgrade_to_head(settings.resolved_database_url)
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedface_common.text import PlainText
 
 API_PREFIX = "/v1"
 
@@ -41,8 +43,8 @@ CLASS_CENTRES_TENSOR = "class_centres"
 
 
 class EnrollRequest(BaseModel):
-    token: str = Field(min_length=8, max_length=256)
-    label: str | None = Field(default=None, max_length=128, description="Free-form name of the device")
+    token: PlainText = Field(min_length=8, max_length=256)
+    label: PlainText | None = Field(default=None, max_length=128, description="Free-form name of the device")
 
 
 class EnrollResponse(BaseModel):
@@ -90,11 +92,25 @@ class SubmitResponse(BaseModel):
     status: Literal["accepted"]
 
 
+class ProblemError(BaseModel):
+    """One reason a request failed validation: where, and why (never the value sent)."""
+
+    loc: list[str | int]
+    msg: str
+
+
 class Problem(BaseModel):
-    """RFC 9457 problem details, with a stable machine-readable code."""
+    """RFC 9457 problem details, with a stable machine-readable code.
+
+    Some problems carry further members (`limit`, `retry_after_s`); a refused
+    request body lists its first few validation errors and how many there were."""
+
+    model_config = ConfigDict(extra="allow")
 
     type: str
     title: str
     status: int
     code: str
     detail: str | None = None
+    errors: list[ProblemError] | None = None
+    error_count: int | None = Field(default=None, description="How many validation errors; `errors` lists the first")

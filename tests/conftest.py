@@ -21,7 +21,8 @@ from tests.support.live import LiveServer
 
 PG_ADMIN_URL = os.environ.get("FEDFACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FEDFACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-ADMIN_TOKEN = "test-admin-token-0123456789"
+# Production mode (a database or Redis is configured) refuses short or placeholder admin tokens.
+ADMIN_TOKEN = "test-admin-token-6f1d0c8e2b9a4d7f93e5a1c0b8d2f4e6"
 
 
 def _pg_url(dbname: str) -> str:

@@ -8,7 +8,9 @@ from fastapi import APIRouter, Query, Request, Response
 
 from coordinator.deps import Ctx, CurrentAdmin, Session
 from coordinator.routes.blobs import blob_response
+from coordinator.routes.bounded import BoundedJsonRoute
 from coordinator.routes.params import RowId
+from coordinator.routes.problems import ADMIN_ERRORS
 from coordinator.schemas import (
     AuditOut,
     DeviceOut,
@@ -22,11 +24,13 @@ from coordinator.services import enrollment as enrollment_service
 from coordinator.services import models as model_service
 from coordinator.services import rounds as round_service
 from coordinator.services.downloads import BlobRef
+from fedface_common.text import PlainText
 from fedface_common.wire import API_PREFIX
 from storage.models import Device, ModelVersion
 from storage.repositories.audit import AuditRepository
 
-router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"])
+router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], responses=ADMIN_ERRORS,
+                   route_class=BoundedJsonRoute)
 _BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
     "schema": {"type": "string", "format": "binary"}}}}}
 
@@ -47,7 +51,7 @@ def _device_out(d: Device) -> DeviceOut:
 # Models ---------------------------------------------------------------------------
 @router.post("/models", response_model=ModelVersionOut, status_code=201, openapi_extra=_BINARY_BODY)
 async def register_model(request: Request, admin: CurrentAdmin, session: Session, ctx: Ctx,
-                         note: str | None = Query(default=None, max_length=256),
+                         note: PlainText | None = Query(default=None, max_length=256),
                          serve: bool = Query(default=False, description="Serve it at once")) -> ModelVersionOut:
     version = await model_service.register(session, ctx, admin.name, request.stream(),
                                            request.headers.get("content-length"), note, serve)

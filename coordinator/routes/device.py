@@ -6,13 +6,15 @@ from fastapi import APIRouter, Request, Response
 
 from coordinator.deps import Ctx, CurrentDevice, Session
 from coordinator.routes.blobs import blob_response
+from coordinator.routes.bounded import BoundedJsonRoute
 from coordinator.routes.params import RowId
+from coordinator.routes.problems import DEVICE_ERRORS
 from coordinator.services import checkin as checkin_service
 from coordinator.services import downloads, intake
 from coordinator.services import enrollment as enrollment_service
 from fedface_common.wire import API_PREFIX, CheckInResponse, EnrollRequest, EnrollResponse, SubmitResponse
 
-router = APIRouter(prefix=API_PREFIX, tags=["device"])
+router = APIRouter(prefix=API_PREFIX, tags=["device"], responses=DEVICE_ERRORS, route_class=BoundedJsonRoute)
 
 
 @router.post("/enroll", response_model=EnrollResponse, status_code=201)

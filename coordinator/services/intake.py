@@ -30,9 +30,11 @@ from coordinator.errors import (
 from coordinator.metrics import SUBMISSIONS, UPDATE_BYTES
 from coordinator.services import models as model_service
 from coordinator.services import rounds as round_service
+from coordinator.services.headers import strict_int
 from coordinator.services.uploads import receive, validate_staged_async
 from coordinator.strategies import make_strategy
 from fedface_common.tensors import TensorSpec
+from fedface_common.text import control_character_in_tree
 from fedface_common.update_codec import QuantizationError, check_tensor
 from fedface_common.wire import HEADER_BASE_VERSION, HEADER_CLIENT_METRICS, HEADER_NUM_SAMPLES, SubmitResponse
 from storage.db import utcnow
@@ -41,20 +43,10 @@ from storage.repositories.rounds import RoundRepository, SubmissionView
 from storage.repositories.updates import UpdateRepository
 
 
-def _int_header(headers: Mapping[str, str], name: str) -> int | None:
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    try:
-        return int(raw.strip())
-    except ValueError:
-        return None
-
-
 def parse_num_samples(headers: Mapping[str, str], limit: int) -> int:
-    n = _int_header(headers, HEADER_NUM_SAMPLES)
+    n = strict_int(headers.get(HEADER_NUM_SAMPLES))
     if n is None or n < 1 or n > limit:
-        raise InvalidNumSamples(f"{HEADER_NUM_SAMPLES} must be an integer in [1, {limit}]")
+        raise InvalidNumSamples(f"{HEADER_NUM_SAMPLES} must be an integer in [1, {limit}], in plain decimal digits")
     return n
 
 
@@ -73,6 +65,9 @@ def parse_client_metrics(headers: Mapping[str, str], limit: int) -> dict[str, An
         isinstance(k, str) and len(k) <= 64 and isinstance(v, ok_value) for k, v in metrics.items()
     ):
         raise InvalidMetadata(f"{HEADER_CLIENT_METRICS} must be a flat JSON object of numbers and strings")
+    found = control_character_in_tree(metrics)
+    if found is not None:
+        raise InvalidMetadata(f"{HEADER_CLIENT_METRICS} may not hold control characters ({found})")
     for value in metrics.values():
         if (isinstance(value, float) and value != value) or value in (float("inf"), float("-inf")):
             raise InvalidMetadata("client metrics must be finite")
@@ -94,9 +89,12 @@ def _answer(upd: Update) -> SubmitResponse:
 def _check_open(rnd: Round, headers: Mapping[str, str]) -> None:
     if rnd.state != round_service.COLLECTING or rnd.stop_requested or utcnow() >= rnd.deadline_at:
         raise RoundClosed(f"round {rnd.id} is {rnd.state if rnd.state != 'collecting' else 'past its deadline'}")
-    base = _int_header(headers, HEADER_BASE_VERSION)
-    if base is None:
+    raw_base = headers.get(HEADER_BASE_VERSION)
+    if raw_base is None:
         raise InvalidMetadata(f"{HEADER_BASE_VERSION} header is required")
+    base = strict_int(raw_base)
+    if base is None:
+        raise InvalidMetadata(f"{HEADER_BASE_VERSION} must be a model version id in plain decimal digits")
     if base != rnd.base_version_id:
         raise StaleBaseVersion(f"round {rnd.id} trains from version {rnd.base_version_id}, not {base}")
 

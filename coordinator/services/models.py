@@ -24,6 +24,7 @@ from coordinator.errors import (
 )
 from coordinator.services.uploads import receive, validate_staged_async
 from fedface_common.tensors import TensorInfo, spec_to_json
+from fedface_common.text import control_character_in_tree
 from fedface_common.wire import CLASS_CENTRES_TENSOR, MANIFEST_METADATA_KEY
 from storage.db import utcnow
 from storage.models import ModelVersion
@@ -46,6 +47,9 @@ def parse_manifest(metadata: dict[str, str]) -> dict[str, Any]:
     dim = manifest.get("embedding_dim")
     if dim is not None and (not isinstance(dim, int) or not 1 <= dim <= 65536):
         raise InvalidMetadata("embedding_dim must be a positive integer")
+    found = control_character_in_tree(manifest)
+    if found is not None:
+        raise InvalidMetadata(f"the model manifest holds a control character ({found})")
     return manifest
 
 

@@ -11,7 +11,15 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 from safetensors import safe_open
 
-from coordinator.errors import FedFaceError, InvalidTensors, NonFiniteValues, PayloadTooLarge, TensorSpecMismatch
+from coordinator.errors import (
+    FedFaceError,
+    InvalidHeader,
+    InvalidTensors,
+    NonFiniteValues,
+    PayloadTooLarge,
+    TensorSpecMismatch,
+)
+from coordinator.services.headers import strict_int
 from fedface_common.tensors import (
     TensorFormatError,
     TensorSpec,
@@ -20,6 +28,7 @@ from fedface_common.tensors import (
     header_length,
     parse_header,
 )
+from fedface_common.text import control_character
 from storage.blobs import BlobStore, BlobWriter
 
 # A further check of one decoded tensor (name, values); it raises a FedFaceError to refuse the body.
@@ -31,10 +40,9 @@ async def receive(
 ) -> BlobWriter:
     """Stage a body in the blob store; the caller commits or aborts the writer."""
     if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError:
-            raise InvalidTensors("Content-Length is not an integer") from None
+        declared = strict_int(content_length)
+        if declared is None:
+            raise InvalidHeader("Content-Length must be plain decimal digits")
         if declared > limit:
             raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit}", limit=limit)
     writer = blobs.writer()
@@ -55,9 +63,15 @@ def _read_staged_header(writer: BlobWriter) -> tuple[TensorSpec, dict[str, str]]
         prefix = f.read(8)
         try:
             n = header_length(prefix, writer.size)
-            return parse_header(prefix + f.read(n), writer.size)
+            spec, metadata = parse_header(prefix + f.read(n), writer.size)
         except TensorFormatError as exc:
             raise InvalidTensors(str(exc)) from exc
+    # Tensor names are stored (a model's tensor spec), so they obey the rule for stored text.
+    for name in spec:
+        found = control_character(name)
+        if found is not None:
+            raise InvalidTensors(f"a tensor name holds a control character ({found})")
+    return spec, metadata
 
 
 def validate_staged(writer: BlobWriter, expected: TensorSpec | None,

@@ -104,7 +104,9 @@ def test_each_device_downloads_only_its_task_and_its_own_embedding(api: httpx.Cl
 
     refused = api.get(f"/v1/models/{v1['id']}/weights", headers=outsider.auth)
     assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
-    assert api.get("/v1/models/999/weights", headers=a.auth).json()["code"] == "model_not_found"
+    # A version that does not exist is refused as one outside the task is: ids cannot be probed.
+    missing = api.get("/v1/models/999/weights", headers=a.auth)
+    assert missing.status_code == 403 and missing.json()["code"] == "forbidden"
 
     # No class embedding yet; after the round, each device gets its own row and only that.
     assert api.get(f"/v1/rounds/{rnd['id']}/class-embedding", headers=a.auth).status_code == 404

@@ -161,6 +161,20 @@ def test_k8s_env_sources_exist_and_secrets_are_placeholders() -> None:
         assert "SECRET" not in key and "TOKEN" not in key
 
 
+def test_k8s_admin_token_comes_from_a_generated_secret() -> None:
+    """No admin token is committed, not even a placeholder: the coordinators read it from a
+    Secret created out of band (`openssl rand -hex 32`), and will not start without it."""
+    (secret,) = _by_kind("Secret")
+    assert "FEDFACE_ADMIN_TOKEN" not in secret["stringData"]
+    committed = {d["metadata"]["name"] for d in _by_kind("Secret")}
+    (deployment,) = _by_kind("Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (entry,) = [e for e in container["env"] if e["name"] == "FEDFACE_ADMIN_TOKEN"]
+    ref = entry["valueFrom"]["secretKeyRef"]
+    assert ref["name"] not in committed and not ref.get("optional", False)
+    assert "openssl rand -hex 32" in (K8S / "secret.yaml").read_text()
+
+
 # -- docker-compose ------------------------------------------------------------
 
 
@@ -242,6 +256,18 @@ def test_compose_agents(compose: dict[str, Any]) -> None:
         # From the environment (.env), never a literal in the file.
         assert token.startswith(f"${{FEDFACE_ENROLL_TOKEN_{n}")
         assert command[command.index("--server") + 1] == "http://lb"
+
+
+def test_compose_requires_an_admin_token_and_ships_none(compose: dict[str, Any]) -> None:
+    for name in ("coordinator-1", "coordinator-2"):
+        value = compose["services"][name]["environment"]["FEDFACE_ADMIN_TOKEN"]
+        # ${VAR:?...}: compose stops when the variable is unset or empty.
+        assert value.startswith("${FEDFACE_ADMIN_TOKEN:?"), value
+    example = dict(
+        line.split("=", 1) for line in (ROOT / "deploy" / "compose" / "env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert example["FEDFACE_ADMIN_TOKEN"] == ""
 
 
 def test_nginx_upstream_matches_the_replicas(compose: dict[str, Any]) -> None:
