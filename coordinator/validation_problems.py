@@ -2,8 +2,9 @@
 request validation errors and HTTP-level errors (unknown path, wrong method).
 
 Both stay small whatever was sent. Pydantic's errors carry the offending input
-and a body can produce one error per key, so only where and why are listed,
-each clipped, and only the first few: a 34 MB body once got a 61 MB answer."""
+and a body can produce one error per key, so listing them all would answer a
+large body with a larger one: only where and why are listed, each clipped, and
+only the first few."""
 
 from __future__ import annotations
 
