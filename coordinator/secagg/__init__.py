@@ -1,0 +1,1 @@
+"""The server's side of SecAgg+ (`protocol`, pure) and its micro-benchmark (`bench`)."""
