@@ -13,6 +13,7 @@ from coordinator.engine.driver import RoundDriver
 from coordinator.engine.partials import PartialFolder
 from coordinator.errors import install_error_handlers
 from coordinator.logs import configure_logging
+from coordinator.outages import install_outage_handlers
 from coordinator.routes import admin, device, health
 from coordinator.routes.problems import install_problem_schema
 from coordinator.settings import Settings, get_settings
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, run_driver: bool = True) -> Fas
 
     app = FastAPI(title="FedFace coordinator", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    install_outage_handlers(app)
     install_problem_schema(app)
     app.include_router(health.router)
     app.include_router(device.router)

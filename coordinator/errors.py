@@ -4,6 +4,7 @@ for failures themselves."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -137,6 +138,12 @@ class RateLimited(FedFaceError):
     status, code, title = 429, "rate_limited", "Too many requests"
 
 
+class DependencyUnavailable(FedFaceError):
+    """The database, Redis or the blob store cannot serve now; `dependency` says which."""
+
+    status, code, title = 503, "dependency_unavailable", "A service the coordinator depends on is unavailable"
+
+
 def problem(status: int, code: str, title: str, detail: str | None, **extra: Any) -> JSONResponse:
     body: dict[str, Any] = {"type": f"https://fedface.dev/problems/{code}", "title": title, "status": status,
                             "code": code, "detail": detail}
@@ -150,8 +157,8 @@ def install_error_handlers(app: FastAPI) -> None:
         ERRORS.labels(code=exc.code).inc()
         log.warning("request_refused", code=exc.code, status=exc.status, path=request.url.path, detail=exc.detail)
         headers = {}
-        if isinstance(exc, RateLimited) and "retry_after_s" in exc.extra:
-            headers["Retry-After"] = str(int(exc.extra["retry_after_s"]))
+        if "retry_after_s" in exc.extra:
+            headers["Retry-After"] = str(max(1, math.ceil(float(exc.extra["retry_after_s"]))))
         resp = problem(exc.status, exc.code, exc.title, clipped_detail(exc.detail), **exc.extra)
         resp.headers.update(headers)
         if exc.status == 401:

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
 
     # Scheduling.
     idle_retry_s: float = Field(default=30.0, gt=0)
+    outage_retry_after_s: int = Field(
+        default=5, ge=1, le=3600,
+        description="Retry-After sent with a 503 while Postgres, Redis or the blob store is unavailable: long"
+        " enough that a fleet does not hammer a recovering service, short enough that devices return soon after",
+    )
     tick_interval_s: float = Field(default=0.5, gt=0)
     tick_min_gap_s: float = Field(
         default=0.25, ge=0,

@@ -71,6 +71,9 @@ def to_sync_url(url: str) -> str:
     return url
 
 
+DB_CONNECT_TIMEOUT_S = 5.0
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     url = to_async_url(url)
     if url.startswith("sqlite"):
@@ -87,7 +90,13 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 20)
+    # Each checkout first runs a no-op round trip (asyncpg: ";" in a transaction it rolls back); a
+    # connection Postgres dropped while pooled (a restart, a failover) fails it and is replaced by a
+    # new one before the request sees it, so a database that is back never costs a request.
     kwargs.setdefault("pool_pre_ping", True)
+    # asyncpg waits 60 s for a connection by default: a host that drops packets would hold every
+    # request that long instead of answering 503 at once.
+    kwargs.setdefault("connect_args", {"timeout": DB_CONNECT_TIMEOUT_S})
     return create_async_engine(url, **kwargs)
 
 

@@ -8,15 +8,35 @@ import time
 from typing import Any
 
 from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 RedisClient = aioredis.Redis
 
 
+# A command on a pooled connection that Redis dropped (it restarted, or a firewall
+# forgot the flow) fails once and succeeds on a new connection: retry it, briefly,
+# so that a Redis that is back never costs a request. While Redis is down the
+# retries give up within a second and the request is answered 503.
+REDIS_RETRIES = 2
+REDIS_BACKOFF = ExponentialWithJitterBackoff(base=0.05, cap=0.5)
+# Every command here is O(1): two seconds means Redis is hung, and the call should fail rather than wait.
+REDIS_TIMEOUT_S = 2.0
+# Idle connections are PINGed before use after this long (redis-py reconnects one that fails the PING).
+REDIS_HEALTH_CHECK_S = 30
+
+
 def make_redis(url: str | None) -> RedisClient:
     """A real Redis when a URL is given; otherwise an in-process stand-in."""
     if url:
-        return aioredis.from_url(url, decode_responses=True, health_check_interval=30)
+        return aioredis.from_url(
+            url, decode_responses=True, health_check_interval=REDIS_HEALTH_CHECK_S,
+            retry=Retry(REDIS_BACKOFF, REDIS_RETRIES, supported_errors=(RedisConnectionError, RedisTimeoutError)),
+            socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S,
+        )
     import fakeredis
 
     return fakeredis.FakeAsyncRedis(decode_responses=True)

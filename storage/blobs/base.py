@@ -166,7 +166,11 @@ class StagedFileWriter(BlobWriter):
 
     def _discard_staged(self) -> None:
         if self._file is not None and not self._file.closed:
-            self._file.close()
+            # Closing flushes what is buffered; on a full disk that fails (the file is closed all
+            # the same). The bytes are being thrown away: the failure must neither keep the file
+            # nor hide the error that made the caller abort.
+            with contextlib.suppress(OSError):
+                self._file.close()
         if self._path is not None:
             self._path.unlink(missing_ok=True)
             self._path = None
