@@ -1,9 +1,11 @@
 """Typed HTTP client of the coordinator's device API, with retries.
 
-Retried: network failures, 5xx and 429 (after Retry-After when the server
-sends one, else exponential backoff with jitter so that a fleet does not
-return in lock-step). Never retried: every other 4xx, since asking again
-cannot change the answer. Retrying a submission is safe: the server answers
+Retried: network failures, 5xx and 429 (503 is what the coordinator answers
+while its database, Redis or blob store is down). After Retry-After when the
+server sends one (capped, plus up to a quarter more at random), else after
+exponential backoff with jitter, so that a fleet does not return in
+lock-step. Never retried: every other 4xx, since asking again cannot change
+the answer. Retrying a submission is safe: the server answers
 a retry of identical bytes with the same success."""
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from fedface_common.wire import (
 M = TypeVar("M", bound=BaseModel)
 USER_AGENT = "fedface-agent/0.1"
 MAX_METRICS_BYTES = 4096
+# How much later than its Retry-After a device may come back, as a fraction of it.
+RETRY_AFTER_JITTER = 0.25
 
 
 class ApiError(Exception):
@@ -179,7 +183,11 @@ class DeviceClient:
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, ApiError) and exc.retry_after_s is not None:
-            return min(exc.retry_after_s, self.max_retry_after_s)
+            # Never earlier than the server asked, and never all at once: a coordinator that
+            # recovers from an outage gives every device the same Retry-After, and a fleet that
+            # obeys it to the second returns as one burst and takes it down again.
+            wait = min(exc.retry_after_s, self.max_retry_after_s)
+            return wait + self.rng.uniform(0.0, RETRY_AFTER_JITTER * max(wait, self.backoff_initial_s))
         # Exponential backoff with "equal jitter": uniform in [cap/2, cap], so devices
         # spread out but none comes back immediately.
         cap = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (state.attempt_number - 1))

@@ -352,6 +352,14 @@ class Agent:
         return self._inputs[key]
 
     # --- the loop --------------------------------------------------------------------------
+    def _outage_delay(self, failures: int, exc: Exception) -> float:
+        """How long to wait once the client's own retries gave up: doubling per failure in a row,
+        with equal jitter so that a fleet spreads out, and never before the server's Retry-After."""
+        cap = min(MAX_OUTAGE_BACKOFF_S, DEFAULT_RETRY_S * 2 ** min(failures - 1, 10))
+        delay = self.client.rng.uniform(0.5 * cap, cap)
+        retry_after = exc.retry_after_s if isinstance(exc, ApiError) else None
+        return max(delay, min(retry_after, MAX_OUTAGE_BACKOFF_S)) if retry_after is not None else delay
+
     def run(self, *, once: bool = False, max_wait_s: float | None = None,
             on_report: Callable[[RoundReport], None] | None = None) -> list[RoundReport]:
         """Rounds until stopped. once: return after the first round with a task (whatever
@@ -370,7 +378,7 @@ class Agent:
                 if once:
                     raise
                 failures += 1
-                delay = min(MAX_OUTAGE_BACKOFF_S, DEFAULT_RETRY_S * 2 ** min(failures - 1, 10))
+                delay = self._outage_delay(failures, exc)
                 log.warning("server unavailable (%s); trying again in %.0f s", exc, delay)
                 self.sleeper(delay)
                 continue
