@@ -15,17 +15,21 @@ from pydantic import AfterValidator
 # C0 controls, DEL, C1 controls and the surrogate range (which only a JSON
 # escape such as "\ud800" can produce).
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Documents (a model manifest's licence text) keep their line breaks and tabs; the rest is refused.
+_FORBIDDEN_IN_DOCUMENTS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def control_character(value: str) -> str | None:
-    """Where the first forbidden character of `value` is (e.g. "U+0000 at position 3"), or None."""
-    found = _FORBIDDEN.search(value)
+def control_character(value: str, multiline: bool = False) -> str | None:
+    """Where the first forbidden character of `value` is (e.g. "U+0000 at position 3"), or None.
+
+    `multiline` lets tab, line feed and carriage return through (text that is a document)."""
+    found = (_FORBIDDEN_IN_DOCUMENTS if multiline else _FORBIDDEN).search(value)
     if found is None:
         return None
     return f"U+{ord(found.group()):04X} at position {found.start()}"
 
 
-def control_character_in_tree(value: Any) -> str | None:
+def control_character_in_tree(value: Any, multiline: bool = False) -> str | None:
     """The first forbidden character in any key or string of a JSON value, with its path.
 
     Iterative, so a deeply nested value cannot exhaust the interpreter's stack."""
@@ -33,7 +37,7 @@ def control_character_in_tree(value: Any) -> str | None:
     while stack:
         path, node = stack.pop()
         if isinstance(node, str):
-            found = control_character(node)
+            found = control_character(node, multiline)
             if found is not None:
                 return f"{path or 'the value'}: {found}"
         elif isinstance(node, dict):

@@ -47,7 +47,7 @@ def parse_manifest(metadata: dict[str, str]) -> dict[str, Any]:
     dim = manifest.get("embedding_dim")
     if dim is not None and (not isinstance(dim, int) or not 1 <= dim <= 65536):
         raise InvalidMetadata("embedding_dim must be a positive integer")
-    found = control_character_in_tree(manifest)
+    found = control_character_in_tree(manifest, multiline=True)  # licences and notes keep their line breaks
     if found is not None:
         raise InvalidMetadata(f"the model manifest holds a control character ({found})")
     return manifest

@@ -137,6 +137,14 @@ def test_control_characters_in_admin_text_are_refused_before_any_write(case: str
     assert _blob_files(server) == before
 
 
+def test_a_manifest_keeps_the_line_breaks_of_its_licence_text(api: httpx.Client) -> None:
+    """Imported networks carry their licence in the manifest; a document's line breaks and tabs are text."""
+    licence = "MIT License\n\nCopyright (c) 2018\r\n\tPermission is hereby granted"
+    r = api.post("/v1/admin/models", headers=ADMIN, content=_model_with(licence=licence))
+    assert r.status_code == 201, r.text
+    assert r.json()["manifest"]["licence"] == licence
+
+
 def test_control_characters_in_client_metrics_are_refused(round_setup: dict[str, Any], db: Db,
                                                            server: LiveServer) -> None:
     before = _blob_files(server)
