@@ -114,6 +114,10 @@ class InvalidQuantization(FedFaceError):
     status, code, title = 422, "invalid_quantization", "An int8 update's scale or values are out of range"
 
 
+class DegenerateClassEmbedding(FedFaceError):
+    status, code, title = 422, "degenerate_class_embedding", "The class embedding is zero or too short to normalise"
+
+
 class InvalidJson(FedFaceError):
     status, code, title = 400, "invalid_json", "The body is not valid JSON"
 

@@ -7,6 +7,7 @@ the response is sent. A retry of the same bytes gets the same answer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -15,8 +16,9 @@ import numpy as np
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.context import AppContext
+from coordinator.context import AppContext, RoundUpdateSpec
 from coordinator.errors import (
+    DegenerateClassEmbedding,
     DuplicateSubmission,
     FedFaceError,
     InvalidMetadata,
@@ -31,12 +33,18 @@ from coordinator.metrics import SUBMISSIONS, UPDATE_BYTES
 from coordinator.services import models as model_service
 from coordinator.services import rounds as round_service
 from coordinator.services.headers import strict_int
-from coordinator.services.uploads import receive, validate_staged_async
+from coordinator.services.uploads import UpdateMeasure, measure_staged, receive, validate_staged_async
 from coordinator.strategies import make_strategy
-from fedface_common.tensors import TensorSpec
+from coordinator.strategies.robust_params import MIN_CLASS_EMBEDDING_NORM
 from fedface_common.text import control_character_in_tree
-from fedface_common.update_codec import QuantizationError, check_tensor
-from fedface_common.wire import HEADER_BASE_VERSION, HEADER_CLIENT_METRICS, HEADER_NUM_SAMPLES, SubmitResponse
+from fedface_common.update_codec import QuantizationError, check_tensor, wire_spec
+from fedface_common.wire import (
+    CLASS_EMBEDDING_TENSOR,
+    HEADER_BASE_VERSION,
+    HEADER_CLIENT_METRICS,
+    HEADER_NUM_SAMPLES,
+    SubmitResponse,
+)
 from storage.db import utcnow
 from storage.models import Device, Round, Update
 from storage.repositories.rounds import RoundRepository, SubmissionView
@@ -99,17 +107,26 @@ def _check_open(rnd: Round, headers: Mapping[str, str]) -> None:
         raise StaleBaseVersion(f"round {rnd.id} trains from version {rnd.base_version_id}, not {base}")
 
 
-async def _expected_spec(session: AsyncSession, ctx: AppContext, rnd: Round) -> TensorSpec:
-    """The tensors an update body of this round must hold, in the round's update encoding."""
+async def _expected_spec(session: AsyncSession, ctx: AppContext, rnd: Round) -> RoundUpdateSpec:
+    """The tensors an update of this round holds (F32) and its body must hold (in the round's encoding)."""
     spec = ctx.update_specs.get(rnd.id)
     if spec is None:
         version = await model_service.get(session, rnd.base_version_id)
-        spec = make_strategy(rnd.algorithm, rnd.config.get("params")).wire_spec(
-            model_service.tensor_spec(version), model_service.embedding_dim(version))
+        strategy = make_strategy(rnd.algorithm, rnd.config.get("params"))
+        f32 = strategy.update_spec(model_service.tensor_spec(version), model_service.embedding_dim(version))
+        encoding = strategy.update_encoding
+        spec = RoundUpdateSpec(f32=f32, wire=wire_spec(f32, encoding), encoding=encoding)
         if len(ctx.update_specs) > 32:
             ctx.update_specs.clear()
         ctx.update_specs[rnd.id] = spec
     return spec
+
+
+def _check_measure(measure: UpdateMeasure) -> None:
+    norm = measure.class_embedding_norm
+    if norm is not None and not norm >= MIN_CLASS_EMBEDDING_NORM:
+        raise DegenerateClassEmbedding(
+            f"{CLASS_EMBEDDING_TENSOR!r} has L2 norm {norm:.3g}, below {MIN_CLASS_EMBEDDING_NORM:g}")
 
 
 async def submit(
@@ -154,7 +171,10 @@ async def _submit(
                 SUBMISSIONS.labels(outcome="replayed").inc()
                 return _answer(previous)
             raise DuplicateSubmission(f"update {previous.id} was already accepted for round {rnd.id}")
-        await validate_staged_async(writer, await _expected_spec(session, ctx, rnd), check_encoded)
+        spec = await _expected_spec(session, ctx, rnd)
+        await validate_staged_async(writer, spec.wire, check_encoded)
+        measure = await asyncio.to_thread(measure_staged, writer, spec.encoding, spec.f32)
+        _check_measure(measure)
         sha = await writer.commit()
     finally:
         await writer.abort()  # no-op after commit; removes the staged file otherwise
@@ -166,7 +186,7 @@ async def _submit(
     update_id = await updates.add_if_collecting(dict(
         round_id=rnd.id, device_id=device.id, blob_sha256=sha, size_bytes=writer.size, num_samples=num_samples,
         base_version_id=rnd.base_version_id, client_metrics=client_metrics, replica_id=ctx.replica_id,
-        created_at=utcnow(),
+        created_at=utcnow(), delta_norm=measure.delta_norm,
     ))
     if update_id is None:
         if not await RoundRepository(session).is_open_locked(rnd.id):

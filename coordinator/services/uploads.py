@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import numpy as np
 from safetensors import safe_open
@@ -20,6 +21,8 @@ from coordinator.errors import (
     TensorSpecMismatch,
 )
 from coordinator.services.headers import strict_int
+from coordinator.strategies.robust import class_embedding_norm, update_norm
+from fedface_common import update_codec
 from fedface_common.tensors import (
     TensorFormatError,
     TensorSpec,
@@ -29,6 +32,7 @@ from fedface_common.tensors import (
     parse_header,
 )
 from fedface_common.text import control_character
+from fedface_common.update_codec import Encoding
 from storage.blobs import BlobStore, BlobWriter
 
 # A further check of one decoded tensor (name, values); it raises a FedFaceError to refuse the body.
@@ -104,3 +108,17 @@ def validate_staged(writer: BlobWriter, expected: TensorSpec | None,
 async def validate_staged_async(writer: BlobWriter, expected: TensorSpec | None,
                                 check: TensorCheck | None = None) -> tuple[TensorSpec, dict[str, str]]:
     return await asyncio.to_thread(validate_staged, writer, expected, check)
+
+
+def measure_staged(writer: BlobWriter, encoding: Encoding, expected: TensorSpec) -> UpdateMeasure:
+    """Decode a validated body to its F32 deltas and measure them (in a worker thread; O(model) memory)."""
+    with safe_open(str(writer.staged_path()), framework="numpy") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    update = update_codec.decode(tensors, encoding, expected)
+    return UpdateMeasure(delta_norm=update_norm(update), class_embedding_norm=class_embedding_norm(update))
+
+
+@dataclass(frozen=True)
+class UpdateMeasure:
+    delta_norm: float
+    class_embedding_norm: float | None
