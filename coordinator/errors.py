@@ -185,3 +185,7 @@ def install_error_handlers(app: FastAPI) -> None:
         resp = problem(exc.status_code, code, title, detail)
         resp.headers.update(exc.headers or {})
         return resp
+
+
+class PrivacyBudgetExhausted(Conflict):
+    code, title = "privacy_budget_exhausted", "Another DP round would exceed the privacy budget"

@@ -52,6 +52,8 @@ class RoundOut(BaseModel):
     finished_at: datetime | None
     failure_reason: str | None
     metrics: dict[str, Any]
+    privacy: dict[str, Any] | None = Field(
+        default=None, description="A DP round's plan and the epsilon it takes the ledger to; null without DP")
     selected: int
     submitted: int
     accepted: int
@@ -102,3 +104,23 @@ class AuditOut(BaseModel):
     action: str
     target: str | None
     details: dict[str, Any]
+
+
+class PrivacyRoundOut(BaseModel):
+    round_id: int
+    sampling_probability: float
+    noise_multiplier: float
+    clip: float
+    delta: float
+    epsilon: float = Field(description="Epsilon of the ledger once this round committed, at this round's delta")
+
+
+class PrivacyOut(BaseModel):
+    """The privacy ledger: epsilon over the committed DP rounds, recomposed from their stored q and z."""
+
+    delta: float | None
+    epsilon: float
+    dp_rounds: int
+    non_private_rounds: int = Field(description="Committed rounds without DP: no epsilon covers their devices")
+    epsilon_budget: float | None = Field(description="The deployment's ceiling (FEDFACE_DP_EPSILON_BUDGET)")
+    rounds: list[PrivacyRoundOut]

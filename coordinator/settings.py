@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=5.0, gt=0)
     checkin_rate_per_min: int = Field(default=120, gt=0, description="Per-device check-in rate limit")
 
+    dp_epsilon_budget: float | None = Field(
+        default=None, gt=0,
+        description="Epsilon (at each round's delta) beyond which no DP round starts; a round's dp.epsilon_budget"
+        " can lower it, not raise it",
+    )
+
     replica_id: str | None = Field(default=None, description="Stable name of this process; random if unset")
     log_level: str = "INFO"
     log_json: bool = True

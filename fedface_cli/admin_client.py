@@ -157,6 +157,11 @@ class AdminClient:
         result: JSON = self._json("POST", f"{ADMIN}/rounds/{round_id}/cancel")
         return result
 
+    def privacy(self, delta: float | None = None) -> JSON:
+        params = {"delta": delta} if delta is not None else {}
+        result: JSON = self._json("GET", f"{ADMIN}/privacy", params=params)
+        return result
+
     # Enrollment, devices, audit ----------------------------------------------------------
     def issue_token(self, max_uses: int = 1, ttl_s: float = 24 * 3600, note: str | None = None) -> JSON:
         body: JSON = {"max_uses": max_uses, "ttl_s": ttl_s}

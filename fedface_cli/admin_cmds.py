@@ -153,14 +153,22 @@ def _metrics_summary(metrics: dict[str, Any], limit: int = 4) -> str:
     return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
 
 
+def _epsilon(dp: JSON | None) -> str:
+    """A DP round's epsilon (the ledger's, once it committed) at its delta; '-' without DP."""
+    if not dp or dp.get("epsilon") is None:
+        return "-"
+    return f"{dp['epsilon']:.3g} (δ={dp['delta']:g})"
+
+
 def _models_table(versions: list[JSON]) -> None:
-    table = _table("Model versions (* = served)", "", "=version", "=parent", "=round", "architecture", "=size",
-                   "=sha256", "metrics", "note", "=created")
+    table = _table("Model versions (* = served; ε: privacy spent by the DP rounds up to this one)", "",
+                   "=version", "=parent", "=round", "architecture", "=size", "=sha256", "=ε", "metrics", "note",
+                   "=created")
     for v in versions:
         table.add_row("[bold green]*[/]" if v["served"] else "", str(v["id"]), str(v["parent_id"] or "-"),
                       str(v["round_id"] or "-"), str(v["manifest"].get("architecture", "?")),
-                      f"{v['size_bytes'] / 2**20:.1f} MiB", v["sha256"][:12], _metrics_summary(v["metrics"]) or "-",
-                      v["note"] or "", _ts(v["created_at"], short=True))
+                      f"{v['size_bytes'] / 2**20:.1f} MiB", v["sha256"][:12], _epsilon(v["metrics"].get("dp")),
+                      _metrics_summary(v["metrics"]) or "-", v["note"] or "", _ts(v["created_at"], short=True))
     _console().print(table)
 
 
@@ -265,6 +273,7 @@ def _show_round(r: JSON) -> None:
         "deadline": _ts(r["deadline_at"]), "closed": _ts(r["closed_at"]), "finished": _ts(r["finished_at"]),
         "failure reason": r["failure_reason"], "continuous remaining": r["continuous_remaining"],
         "config": r["config"], "metrics": r["metrics"],
+        **({"ε (once committed)": _epsilon(r["privacy"]), "privacy": r["privacy"]} if r.get("privacy") else {}),
     }))
 
 

@@ -12,6 +12,7 @@ from fedface_cli import (
     lab_cmds,
     migrate_cmd,
     model_cmds,
+    privacy_cmds,
     serve_cmd,
     sim_cmds,
     use_cmds,
@@ -34,9 +35,11 @@ app.command("demo")(demo_cmd.demo)
 app.command("verify")(use_cmds.verify)
 app.command("export")(use_cmds.export)
 app.add_typer(admin_cmds.app, name="admin")
+admin_cmds.app.command("privacy")(privacy_cmds.ledger)
 app.add_typer(bench_cmds.app, name="bench")
 app.add_typer(agent_cmds.app, name="agent")
 app.add_typer(model_cmds.app, name="models")
+app.add_typer(privacy_cmds.app, name="privacy")
 
 if __name__ == "__main__":
     app()

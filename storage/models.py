@@ -103,6 +103,10 @@ class Round(Base):
     # The norm bound and sample cap the round folds with, fixed once from its first updates when adaptive
     # (coordinator/engine/bounds.py); NULL until then.
     bounds: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
+    # A DP round's plan (clip, noise multipliers, sampling probability, the epsilon it takes the ledger to),
+    # fixed when it starts, completed at commit (the adaptive clip it leaves the next round); NULL without DP.
+    # The privacy ledger is these rows of the committed rounds (coordinator/services/privacy.py).
+    dp_state: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
 
 
 class Assignment(Base):

@@ -17,9 +17,10 @@ import numpy as np
 import structlog
 
 from coordinator.context import AppContext
-from coordinator.engine.bounds import round_bounds
+from coordinator.engine.aggregation import round_aggregation
 from coordinator.engine.folding import AggregationError, fold_updates
 from coordinator.engine.partials import decode_accumulator
+from coordinator.errors import PrivacyBudgetExhausted
 from coordinator.metrics import AGGREGATION_SECONDS, ROUND_DURATION
 from coordinator.schemas import RoundConfig
 from coordinator.services import models as model_service
@@ -112,10 +113,9 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
         config = RoundConfig.model_validate(rnd.config)
 
     robust = strategy.params.robust
-    bounds = await round_bounds(ctx, round_id, robust, closing=True)
-    assert bounds is not None  # at close the bounds are always fixed
-    aggregation = BoundedAggregation(strategy, robust, bounds)
     try:
+        aggregation = await round_aggregation(ctx, round_id, strategy, closing=True)
+        assert aggregation is not None  # at close the bounds are always fixed
         acc, folded = await merge_partials(ctx, partials if robust.streaming else [], {u.id for u in rows})
         direct = [(u.device_id, u.blob_sha256, u.num_samples) for u in rows if u.id not in folded]
         acc.merge(await fold_updates(ctx.blobs, aggregation, direct, expected))
@@ -156,8 +156,15 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
         if result.class_embeddings:
             await ClassEmbeddingRepository(session).upsert_many(result.class_embeddings, version.id)
         rnd.state, rnd.result_version_id, rnd.finished_at, rnd.metrics = COMMITTED, version.id, now, metrics
+        if "dp" in metrics:  # into the ledger, with the adaptive clip the next DP round starts from
+            rnd.dp_state = metrics["dp"]
         if rnd.continuous_remaining > 0:
-            await create_round(session, config, version.id, rnd.continuous_remaining - 1)
+            try:
+                await create_round(session, config, version.id, rnd.continuous_remaining - 1,
+                                   ctx.settings.dp_epsilon_budget)
+            except PrivacyBudgetExhausted as exc:  # refused before writing anything: this commit stands
+                rnd.metrics = {**metrics, "continuous_stopped": str(exc)}
+                log.warning("continuous_rounds_stopped", round_id=round_id, reason=str(exc))
         new_version_id = version.id
         duration = (now - rnd.created_at).total_seconds()
     await ctx.state.cache_current_round(None)

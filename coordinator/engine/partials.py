@@ -15,12 +15,11 @@ import uuid
 import structlog
 
 from coordinator.context import AppContext
-from coordinator.engine.bounds import round_bounds
+from coordinator.engine.aggregation import round_aggregation
 from coordinator.engine.folding import AggregationError, fold_updates
 from coordinator.services import models as model_service
 from coordinator.services.rounds import COLLECTING
 from coordinator.strategies import Accumulator, make_strategy
-from coordinator.strategies.robust import BoundedAggregation
 from fedface_common.tensors import decode, encode, metadata_of
 from storage.repositories.partials import PartialAggregateRepository
 from storage.repositories.rounds import RoundRepository
@@ -101,14 +100,14 @@ class PartialFolder:
         robust = strategy.params.robust
         if not robust.streaming:
             return 0  # order statistics need every update at once: the driver folds them at close
-        bounds = await round_bounds(ctx, round_id, robust, closing=False)
-        if bounds is None:
+        aggregation = await round_aggregation(ctx, round_id, strategy, closing=False)
+        if aggregation is None:
             return 0  # the adaptive bounds are not fixed yet: fold once they are
         # Fold into a copy, so that a failed write leaves the cached state as persisted.
         work = Accumulator()
         work.merge(acc)
         try:
-            work.merge(await fold_updates(ctx.blobs, BoundedAggregation(strategy, robust, bounds),
+            work.merge(await fold_updates(ctx.blobs, aggregation,
                                           [(u.device_id, u.blob_sha256, u.num_samples) for u in pending], expected))
         except AggregationError as exc:
             # Left to the driver, which folds what no partial covers and fails the round with the reason.

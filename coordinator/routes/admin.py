@@ -15,6 +15,7 @@ from coordinator.schemas import (
     AuditOut,
     DeviceOut,
     ModelVersionOut,
+    PrivacyOut,
     RoundConfig,
     RoundOut,
     TokenOut,
@@ -22,6 +23,7 @@ from coordinator.schemas import (
 )
 from coordinator.services import enrollment as enrollment_service
 from coordinator.services import models as model_service
+from coordinator.services import privacy as privacy_service
 from coordinator.services import rounds as round_service
 from coordinator.services.downloads import BlobRef
 from fedface_common.text import PlainText
@@ -130,6 +132,14 @@ async def stop_round(round_id: RowId, admin: CurrentAdmin, session: Session, ctx
 async def cancel_round(round_id: RowId, admin: CurrentAdmin, session: Session, ctx: Ctx) -> RoundOut:
     rnd = await round_service.cancel(session, ctx, admin.name, round_id)
     return await round_service.describe(session, ctx, rnd)
+
+
+@router.get("/privacy", response_model=PrivacyOut)
+async def privacy_ledger(admin: CurrentAdmin, session: Session, ctx: Ctx,
+                         delta: float | None = Query(default=None, gt=0, lt=1,
+                                                     description="Default: the latest DP round's delta")
+                         ) -> PrivacyOut:
+    return await privacy_service.ledger(session, delta, ctx.settings.dp_epsilon_budget)
 
 
 # Enrollment and devices -----------------------------------------------------------

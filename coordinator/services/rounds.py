@@ -11,6 +11,7 @@ from coordinator.context import AppContext
 from coordinator.errors import InvalidConfig, InvalidRoundState, NoServedModel, RoundActive, RoundNotFound
 from coordinator.schemas import RoundConfig, RoundOut
 from coordinator.services import models as model_service
+from coordinator.services import privacy as privacy_service
 from coordinator.strategies import make_strategy
 from coordinator.strategies.base import StrategyConfigError
 from storage.db import utcnow
@@ -22,13 +23,17 @@ from storage.repositories.rounds import RoundRepository
 COLLECTING, AGGREGATING, COMMITTED, FAILED, CANCELLED = "collecting", "aggregating", "committed", "failed", "cancelled"
 
 
-async def create_round(session: AsyncSession, config: RoundConfig, base_version_id: int, remaining: int) -> Round:
+async def create_round(session: AsyncSession, config: RoundConfig, base_version_id: int, remaining: int,
+                       epsilon_budget: float | None = None) -> Round:
+    """Raises PrivacyBudgetExhausted, before writing anything, when a DP round would exceed the budget."""
+    dp_state = await privacy_service.plan(session, config, epsilon_budget)
     now = utcnow()
-    return await RoundRepository(session).add(
-        Round(state=COLLECTING, algorithm=config.algorithm, config=config.model_dump(mode="json"),
-              base_version_id=base_version_id, continuous_remaining=remaining, created_at=now,
-              deadline_at=now + timedelta(seconds=config.deadline_s), metrics={})
-    )
+    rnd = Round(state=COLLECTING, algorithm=config.algorithm, config=config.model_dump(mode="json"),
+                base_version_id=base_version_id, continuous_remaining=remaining, created_at=now,
+                deadline_at=now + timedelta(seconds=config.deadline_s), metrics={})
+    if dp_state is not None:  # left unset otherwise: SQL NULL, not a JSON null
+        rnd.dp_state = dp_state
+    return await RoundRepository(session).add(rnd)
 
 
 async def start(session: AsyncSession, ctx: AppContext, actor: str, config: RoundConfig) -> Round:
@@ -50,7 +55,7 @@ async def start(session: AsyncSession, ctx: AppContext, actor: str, config: Roun
     rounds = RoundRepository(session)
     if await rounds.active() is not None:
         raise RoundActive()
-    rnd = await create_round(session, config, served, config.continuous_rounds)
+    rnd = await create_round(session, config, served, config.continuous_rounds, ctx.settings.dp_epsilon_budget)
     await AuditRepository(session).record(actor, "round.start", str(rnd.id), config=rnd.config)
     await ctx.state.cache_current_round(None)
     return rnd
@@ -93,7 +98,7 @@ async def describe(session: AsyncSession, ctx: AppContext, rnd: Round) -> RoundO
         id=rnd.id, state=rnd.state, algorithm=rnd.algorithm, config=rnd.config, base_version_id=rnd.base_version_id,
         result_version_id=rnd.result_version_id, continuous_remaining=rnd.continuous_remaining,
         created_at=rnd.created_at, deadline_at=rnd.deadline_at, closed_at=rnd.closed_at,
-        finished_at=rnd.finished_at, failure_reason=rnd.failure_reason, metrics=rnd.metrics,
+        finished_at=rnd.finished_at, failure_reason=rnd.failure_reason, metrics=rnd.metrics, privacy=rnd.dp_state,
         selected=counts.selected, accepted=counts.submitted,
         rejected=await ctx.state.get_count("round", rnd.id, "rejected"),
         submitted=counts.submitted + await ctx.state.get_count("round", rnd.id, "rejected"),

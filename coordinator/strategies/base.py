@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from coordinator.strategies.dp_params import DpParams
 from coordinator.strategies.robust_params import RobustParams
 from fedface_common.tensors import TensorInfo, TensorSpec
 from fedface_common.update_codec import DEFAULT_ENCODING, Encoding, wire_spec
@@ -44,6 +45,18 @@ class StrategyParams(BaseModel):
         " (a quarter: symmetric per-tensor quantisation, each value within half a step). Class embeddings and"
         " moments stay float32 (fedface_common/update_codec.py)",
     )
+    dp: DpParams | None = Field(
+        default=None,
+        description="Differential privacy (DP-FedAvg: per-device clipping, unit weights, Gaussian noise on the"
+        " sum; coordinator/strategies/dp.py); off when absent",
+    )
+
+    @model_validator(mode="after")
+    def _dp_needs_the_mean(self) -> StrategyParams:
+        if self.dp is not None and not self.robust.streaming:
+            raise ValueError("dp protects the mean of clipped updates: robust.aggregation must be 'mean' (a trimmed"
+                             " mean or median reads individual updates, which the noise does not cover)")
+        return self
 
 
 @dataclass
@@ -100,11 +113,17 @@ class Strategy(ABC):
             self.params = self.Params.model_validate(dict(params or {}))
         except ValidationError as exc:
             raise StrategyConfigError(f"invalid {self.name} parameters: {exc.errors(include_url=False)}") from exc
+        if self.params.dp is not None and self.uses_class_embeddings:
+            # DP-FedAvg protects a sum; a server step that reads one device's values is outside its guarantee.
+            raise StrategyConfigError(
+                f"{self.name} cannot run with dp: its server step reads each device's own class embedding (a row"
+                " of W per device), which no noise on the sum protects; use fedface-private (W stays on the"
+                " devices) or fedavg-plain")
 
     # Round configuration -------------------------------------------------------
     def client_params(self) -> dict[str, Any]:
         """Algorithm settings the devices need (they go into the task's training config)."""
-        return self.params.model_dump(exclude={"server_lr", "robust"})
+        return self.params.model_dump(exclude={"server_lr", "robust", "dp"})  # central DP: devices need nothing
 
     def update_spec(self, model_spec: TensorSpec, embedding_dim: int | None) -> TensorSpec:
         """What a device's update must contain: an F32 delta per float tensor of
