@@ -32,11 +32,11 @@ from device_agent.state import AgentState
 from fedface_cli.admin_client import AdminClient
 from fedface_common.face.checkpoint import load_manifest
 from fedface_common.face.manifest import ModelManifest
+from fedface_common.face.publish import split_pretrained
 from fedface_lab.attackers import ScaledUpdateClient
 from fedface_lab.bench_servers import ServerProcess, backend_env, free_port
 from fedface_lab.cached_pipeline import CachedDetectPipeline
 from fedface_lab.datasets import crop_method_for, read_clients
-from fedface_common.face.publish import split_pretrained
 
 
 @dataclass
