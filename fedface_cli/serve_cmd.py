@@ -35,7 +35,7 @@ def serve(
     import uvicorn
 
     from coordinator.app import create_app
-    from storage.migrate import upgrade_to_head
+    from migrations.runner import upgrade_to_head
 
     settings = settings_or_exit("serve")
     if migrate:

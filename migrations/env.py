@@ -1,4 +1,4 @@
-"""Alembic environment. The URL comes from the caller (storage.migrate) or from
+"""Alembic environment. The URL comes from the caller (migrations.runner) or from
 FEDFACE_DATABASE_URL, converted to a sync driver."""
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ import redis
 from sqlalchemy import create_engine, text
 
 from coordinator.settings import Settings
+from migrations.runner import upgrade_to_head
 from storage.db import Base
-from storage.migrate import upgrade_to_head
 from tests.support.live import LiveServer
 
 PG_ADMIN_URL = os.environ.get("FEDFACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -8,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from migrations.runner import downgrade_to_base, upgrade_to_head
 from storage.db import Base
-from storage.migrate import downgrade_to_base, upgrade_to_head
 from tests.conftest import create_database, drop_database
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.migrate import upgrade_to_head
+from migrations.runner import upgrade_to_head
 from tests.conftest import ADMIN_TOKEN, REDIS_URL
 from tests.support.faults import AnswerLog
 from tests.support.proc import CoordinatorProcess
