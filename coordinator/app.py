@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
+from coordinator import console
 from coordinator.context import AppContext, build_context
 from coordinator.engine.driver import RoundDriver
 from coordinator.engine.partials import PartialFolder
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, run_driver: bool = True) -> Fas
     app.include_router(health.router)
     app.include_router(device.router)
     app.include_router(admin.router)
+    app.include_router(console.router)
 
     return app
 

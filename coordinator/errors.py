@@ -189,3 +189,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 class PrivacyBudgetExhausted(Conflict):
     code, title = "privacy_budget_exhausted", "Another DP round would exceed the privacy budget"
+
+
+class InvalidCursor(FedFaceError):
+    status, code, title = 400, "invalid_cursor", "The page cursor is malformed"

@@ -125,6 +125,19 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
 
+    # The operator console (/console).
+    console_secret: SecretStr | None = Field(
+        default=None, description="Signs the console's session cookies; generated into data_dir/console-secret when"
+        " unset. Set one shared value on every replica behind one address, or a session works on one replica only",
+    )
+    console_session_s: float = Field(default=8 * 3600.0, gt=0, le=30 * 24 * 3600,
+                                     description="How long a console login lasts")
+    console_secure_cookie: bool | None = Field(
+        default=None, description="Mark the session cookie Secure. Unset: when the request came over https (behind"
+        " a TLS proxy, uvicorn's --forwarded-allow-ips makes it see the original scheme)",
+    )
+
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -107,6 +107,44 @@ class CoordinationState:
         value = await self.redis.get(self._k("count", *parts))
         return int(value) if value is not None else 0
 
+    # Rejected submissions by problem code -------------------------------------
+    async def count_refusal(self, round_id: int, code: str, keep_s: int = 90 * 24 * 3600) -> None:
+        """One more submission to ROUND_ID refused with CODE (a hash per round, so any code can be listed)."""
+        key = self._k("refusals", "round", round_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, code, 1)
+            pipe.expire(key, keep_s)
+            await pipe.execute()
+
+    async def refusals(self, round_id: int) -> dict[str, int]:
+        raw: dict[Any, Any] = await self.redis.hgetall(self._k("refusals", "round", round_id))
+        return {str(code): int(n) for code, n in raw.items()}
+
+    # Replicas ------------------------------------------------------------------
+    async def heartbeat(self, replica: str, forget_after_s: float = 3600.0) -> None:
+        """REPLICA is alive now. Replicas silent for FORGET_AFTER_S are dropped from the set."""
+        key, now = self._k("replicas"), time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {replica: now})
+            pipe.zremrangebyscore(key, "-inf", now - forget_after_s)
+            await pipe.execute()
+
+    async def forget_replica(self, replica: str) -> None:
+        await self.redis.zrem(self._k("replicas"), replica)
+
+    async def replicas(self) -> list[tuple[str, float]]:
+        """(replica, seconds since its last heartbeat), most recent first."""
+        now = time.time()
+        rows: list[Any] = await self.redis.zrange(self._k("replicas"), 0, -1, desc=True, withscores=True)
+        return [(str(row[0]), max(0.0, now - float(row[1]))) for row in rows]
+
+    # Console sessions ended before their expiry ------------------------------
+    async def end_console_session(self, session_id: str, ttl_s: float) -> None:
+        await self.redis.set(self._k("console", "ended", session_id), "1", px=max(1, int(ttl_s * 1000)))
+
+    async def console_session_ended(self, session_id: str) -> bool:
+        return bool(await self.redis.exists(self._k("console", "ended", session_id)))
+
     # Cached current round ---------------------------------------------------
     async def cache_current_round(self, payload: str | None, ttl_s: float = 2.0) -> None:
         key = self._k("current_round")

@@ -45,6 +45,8 @@ class RoundDriver:
         if self.is_leader:
             with contextlib.suppress(Exception):
                 await self.ctx.state.release_lease(LEASE, self.ctx.replica_id)
+        with contextlib.suppress(Exception):
+            await self.ctx.state.forget_replica(self.ctx.replica_id)
         self.is_leader = False
         IS_DRIVER.set(0)
 
@@ -62,6 +64,8 @@ class RoundDriver:
                     self.ctx.wake_driver()
             self.is_leader = leader
             IS_DRIVER.set(1 if leader else 0)
+            with contextlib.suppress(Exception):  # the console's list of live replicas; never worth a lease
+                await self.ctx.state.heartbeat(self.ctx.replica_id)
             await asyncio.sleep(ttl / 3)
 
     async def _tick_loop(self) -> None:

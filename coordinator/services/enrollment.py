@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.errors import DeviceNotFound, InvalidEnrollmentToken
+from coordinator.errors import DeviceNotFound, InvalidEnrollmentToken, NotFound
 from coordinator.security import device_credential, hash_secret, new_enrollment_token, new_secret
 from storage.db import utcnow
 from storage.models import Device, EnrollmentToken
@@ -56,3 +56,21 @@ async def revoke_device(session: AsyncSession, actor: str, device_id: uuid.UUID)
         await session.refresh(device)
         await AuditRepository(session).record(actor, "device.revoke", str(device_id))
     return device
+
+
+async def list_tokens(session: AsyncSession, limit: int) -> Sequence[EnrollmentToken]:
+    """The newest LIMIT enrollment tokens (their hashes only: a token is shown once, when issued)."""
+    return await EnrollmentTokenRepository(session).newest(limit)
+
+
+async def revoke_token(session: AsyncSession, actor: str, token_id: uuid.UUID) -> EnrollmentToken:
+    """No further device enrolls with this token; devices it already enrolled keep their credentials."""
+    repo = EnrollmentTokenRepository(session)
+    row = await repo.get(token_id)
+    if row is None:
+        raise NotFound(f"enrollment token {token_id} does not exist")
+    if row.revoked_at is None:
+        await repo.revoke(token_id, utcnow())
+        await session.refresh(row)
+        await AuditRepository(session).record(actor, "token.revoke", str(token_id))
+    return row

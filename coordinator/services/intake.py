@@ -144,6 +144,7 @@ async def submit(
         SUBMISSIONS.labels(outcome=exc.code).inc()
         if not isinstance(exc, NotSelected):
             await ctx.state.incr("round", rnd.id, "rejected")
+        await ctx.state.count_refusal(rnd.id, exc.code)  # the console's failures by reason
         raise
 
 

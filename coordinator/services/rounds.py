@@ -18,7 +18,7 @@ from storage.db import utcnow
 from storage.models import Round
 from storage.repositories.audit import AuditRepository
 from storage.repositories.models_repo import ModelVersionRepository
-from storage.repositories.rounds import RoundRepository
+from storage.repositories.rounds import RoundCounts, RoundRepository
 
 COLLECTING, AGGREGATING, COMMITTED, FAILED, CANCELLED = "collecting", "aggregating", "committed", "failed", "cancelled"
 
@@ -94,16 +94,45 @@ async def cancel(session: AsyncSession, ctx: AppContext, actor: str, round_id: i
 
 async def describe(session: AsyncSession, ctx: AppContext, rnd: Round) -> RoundOut:
     counts = await RoundRepository(session).counts(rnd.id)
+    return _out(rnd, counts, await ctx.state.get_count("round", rnd.id, "rejected"))
+
+
+def _out(rnd: Round, counts: RoundCounts, rejected: int) -> RoundOut:
     return RoundOut(
         id=rnd.id, state=rnd.state, algorithm=rnd.algorithm, config=rnd.config, base_version_id=rnd.base_version_id,
         result_version_id=rnd.result_version_id, continuous_remaining=rnd.continuous_remaining,
         created_at=rnd.created_at, deadline_at=rnd.deadline_at, closed_at=rnd.closed_at,
         finished_at=rnd.finished_at, failure_reason=rnd.failure_reason, metrics=rnd.metrics, privacy=rnd.dp_state,
-        selected=counts.selected, accepted=counts.submitted,
-        rejected=await ctx.state.get_count("round", rnd.id, "rejected"),
-        submitted=counts.submitted + await ctx.state.get_count("round", rnd.id, "rejected"),
+        selected=counts.selected, accepted=counts.submitted, rejected=rejected, submitted=counts.submitted + rejected,
     )
+
+
+async def describe_many(session: AsyncSession, ctx: AppContext, rounds: Sequence[Round]) -> list[RoundOut]:
+    """`describe` for a page of rounds, with their counts read in two queries rather than two per round."""
+    counts = await RoundRepository(session).counts_many([r.id for r in rounds])
+    return [_out(r, counts[r.id], await ctx.state.get_count("round", r.id, "rejected")) for r in rounds]
 
 
 async def list_rounds(session: AsyncSession, ctx: AppContext, limit: int) -> Sequence[RoundOut]:
     return [await describe(session, ctx, r) for r in await RoundRepository(session).list(limit)]
+
+
+async def page(session: AsyncSession, ctx: AppContext, state: str | None, algorithm: str | None,
+               before_id: int | None, limit: int) -> tuple[list[RoundOut], int | None]:
+    """LIMIT rounds, newest first, below BEFORE_ID; and the cursor of the next page (None on the last)."""
+    rows = list(await RoundRepository(session).page(state, algorithm, before_id, limit + 1))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return await describe_many(session, ctx, rows), rows[-1].id if more and rows else None
+
+
+async def current(session: AsyncSession, ctx: AppContext) -> RoundOut | None:
+    """The active round, else the most recent one; None before the first round."""
+    repo = RoundRepository(session)
+    rnd = await repo.active() or await repo.latest()
+    return await describe(session, ctx, rnd) if rnd is not None else None
+
+
+async def algorithms(session: AsyncSession) -> Sequence[str]:
+    """The algorithms rounds have run, for filtering."""
+    return await RoundRepository(session).algorithms()

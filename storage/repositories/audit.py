@@ -19,3 +19,10 @@ class AuditRepository:
 
     async def list(self, limit: int = 200) -> Sequence[AuditEntry]:
         return (await self.session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))).all()
+
+    async def page(self, before_id: int | None, limit: int) -> Sequence[AuditEntry]:
+        """Newest first, LIMIT entries with an id below BEFORE_ID."""
+        stmt = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        if before_id is not None:
+            stmt = stmt.where(AuditEntry.id < before_id)
+        return (await self.session.scalars(stmt)).all()

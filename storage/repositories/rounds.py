@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Assignment, Round, Update
+from storage.models import Assignment, Device, Round, Update
 
 ACTIVE_STATES = ("collecting", "aggregating")
 
@@ -29,6 +30,20 @@ class RoundCounts:
     submitted: int
 
 
+@dataclass(frozen=True)
+class Participant:
+    """A device assigned to a round, and its accepted update there if any."""
+
+    device_id: uuid.UUID
+    label: str | None
+    assigned_at: datetime
+    update_at: datetime | None
+    num_samples: int | None
+    size_bytes: int | None
+    delta_norm: float | None
+    client_metrics: dict[str, Any] | None
+
+
 class RoundRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -46,6 +61,52 @@ class RoundRepository:
 
     async def list(self, limit: int = 100) -> Sequence[Round]:
         return (await self.session.scalars(select(Round).order_by(Round.id.desc()).limit(limit))).all()
+
+    async def page(self, state: str | None, algorithm: str | None, before_id: int | None,
+                   limit: int) -> Sequence[Round]:
+        """Newest first, LIMIT rounds with an id below BEFORE_ID (keyset paging on the primary key)."""
+        stmt = select(Round).order_by(Round.id.desc()).limit(limit)
+        if state:
+            stmt = stmt.where(Round.state == state)
+        if algorithm:
+            stmt = stmt.where(Round.algorithm == algorithm)
+        if before_id is not None:
+            stmt = stmt.where(Round.id < before_id)
+        return (await self.session.scalars(stmt)).all()
+
+    async def algorithms(self) -> Sequence[str]:
+        stmt = select(Round.algorithm).distinct().order_by(Round.algorithm)
+        return [str(a) for a in (await self.session.scalars(stmt)).all()]
+
+    async def latest(self) -> Round | None:
+        return (await self.session.scalars(select(Round).order_by(Round.id.desc()).limit(1))).first()
+
+    async def counts_many(self, round_ids: Collection[int]) -> dict[int, RoundCounts]:
+        """`counts` of several rounds in two grouped queries."""
+        if not round_ids:
+            return {}
+        ids = list(round_ids)
+        selected = {i: n for i, n in (await self.session.execute(
+            select(Assignment.round_id, func.count()).where(Assignment.round_id.in_(ids))
+            .group_by(Assignment.round_id))).all()}
+        submitted = {i: n for i, n in (await self.session.execute(
+            select(Update.round_id, func.count()).where(Update.round_id.in_(ids))
+            .group_by(Update.round_id))).all()}
+        return {i: RoundCounts(int(selected.get(i, 0)), int(submitted.get(i, 0))) for i in ids}
+
+    async def participants(self, round_id: int, after: uuid.UUID | None, limit: int) -> Sequence[Participant]:
+        """The round's assigned devices in id order, LIMIT after the device id AFTER."""
+        stmt = (
+            select(Assignment.device_id, Device.label, Assignment.assigned_at, Update.created_at,
+                   Update.num_samples, Update.size_bytes, Update.delta_norm, Update.client_metrics)
+            .join(Device, Device.id == Assignment.device_id)
+            .outerjoin(Update, and_(Update.round_id == Assignment.round_id, Update.device_id == Assignment.device_id))
+            .where(Assignment.round_id == round_id)
+            .order_by(Assignment.device_id).limit(limit)
+        )
+        if after is not None:
+            stmt = stmt.where(Assignment.device_id > after)
+        return [Participant(*row) for row in (await self.session.execute(stmt)).all()]
 
     async def active(self) -> Round | None:
         stmt = select(Round).where(Round.state.in_(ACTIVE_STATES)).order_by(Round.id)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import exists, func, literal, select
@@ -10,6 +12,25 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Round, Update
+
+
+@dataclass(frozen=True)
+class UpdateTotals:
+    count: int
+    size_bytes: int
+    max_size_bytes: int
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class UpdateFacts:
+    """What a round's report reads of one accepted update (never its blob)."""
+
+    created_at: datetime
+    size_bytes: int
+    num_samples: int
+    delta_norm: float | None
+    client_metrics: dict[str, Any]
 
 
 class UpdateRepository:
@@ -57,3 +78,16 @@ class UpdateRepository:
     async def first_sample_counts(self, round_id: int, n: int) -> list[int]:
         stmt = select(Update.num_samples).where(Update.round_id == round_id).order_by(Update.id).limit(n)
         return [int(v) for v in (await self.session.scalars(stmt)).all()]
+
+    async def totals(self, round_id: int) -> UpdateTotals:
+        stmt = select(func.count(), func.coalesce(func.sum(Update.size_bytes), 0),
+                      func.coalesce(func.max(Update.size_bytes), 0),
+                      func.coalesce(func.sum(Update.num_samples), 0)).where(Update.round_id == round_id)
+        count, size, biggest, samples = (await self.session.execute(stmt)).one()
+        return UpdateTotals(int(count), int(size), int(biggest), int(samples))
+
+    async def facts(self, round_id: int, limit: int) -> list[UpdateFacts]:
+        """The first LIMIT accepted updates of the round, in arrival order."""
+        stmt = (select(Update.created_at, Update.size_bytes, Update.num_samples, Update.delta_norm,
+                       Update.client_metrics).where(Update.round_id == round_id).order_by(Update.id).limit(limit))
+        return [UpdateFacts(*row) for row in (await self.session.execute(stmt)).all()]
