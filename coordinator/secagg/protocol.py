@@ -133,15 +133,15 @@ def new_round(
     security_bits: float = 40.0,
     correctness_bits: float = 20.0,
     min_survivors: int | None = None,
-    degree: tuple[int, int] | None = None,
+    k_and_t: tuple[int, int] | None = None,
 ) -> SecAggParams:
-    """The public parameters of a secure round: (k, t) from `graph.choose_parameters` unless `degree`
+    """The public parameters of a secure round: (k, t) from `graph.choose_parameters` unless `k_and_t`
     gives them, the largest no-wrap scale for this many inputs, and a fresh public graph seed.
 
     min_survivors defaults to max(t, 2): the server never unmasks a sum of a single input."""
     ordered = sorted(set(devices))
     n = len(ordered)
-    k, t = degree or graph.choose_parameters(n, dropout, corrupt=corrupt, security_bits=security_bits,
+    k, t = k_and_t or graph.choose_parameters(n, dropout, corrupt=corrupt, security_bits=security_bits,
                                              correctness_bits=correctness_bits)
     return SecAggParams(
         round_id=round_id, devices=ordered, neighbours=k, threshold=t, graph_seed=secrets.token_bytes(32),
@@ -383,15 +383,17 @@ def remove_masks(state: ServerRound, round_secrets: RoundSecrets, masked_sum: np
         raise ValueError(f"expected a uint32 sum of length {p.vector_length}")
     assert state.masked is not None
     total = masked_sum.copy()
+    scratch = crypto.prg_buffer(p.vector_length)
     for u in state.masked:
-        np.subtract(total, crypto.prg_uint32(round_secrets.self_mask_seeds[u], p.vector_length), out=total)
+        pad = crypto.prg_uint32(round_secrets.self_mask_seeds[u], p.vector_length, buffer=scratch)
+        np.subtract(total, pad, out=total)
     survived = set(state.masked)
     neighbours = graph_of(p)
     for v, key in sorted(round_secrets.mask_keys.items()):
         for u in sorted(neighbours[v] & survived):
             seed = crypto.agree(key, state.keys[u].mask_public_key, purpose="pairwise-mask", round_id=p.round_id,
                                 a=v, b=u)
-            pad = crypto.prg_uint32(seed, p.vector_length)
+            pad = crypto.prg_uint32(seed, p.vector_length, buffer=scratch)
             # u added sign(u, v) * pad; take it back out.
             if pairwise_mask_sign(u, v) > 0:
                 np.subtract(total, pad, out=total)

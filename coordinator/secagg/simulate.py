@@ -43,17 +43,21 @@ def run_round(
 ) -> SimulatedRound:
     """One round over `params.devices`; `inputs` are the devices' uint32 fixed-point vectors.
 
-    With `persist`, each device's state goes through its JSON form between stages, as the agent's does."""
+    With `persist`, each device's state and the server's go through their JSON forms between stages, as
+    the agent's file and the coordinator's database would hold them."""
     devices = {d: SecAggDevice.create(params, d) for d in params.devices}
     refused: dict[str, str] = {}
 
     def keep(d: str, state: SecAggDevice) -> None:
         devices[d] = SecAggDevice.from_json(state.to_json()) if persist else state
 
+    def stored(state: protocol.ServerRound) -> protocol.ServerRound:
+        return protocol.ServerRound.model_validate_json(state.model_dump_json()) if persist else state
+
     adverts: list[tuple[str, AdvertiseKeys]] = [
         (d, devices[d].advertise()) for d in params.devices if d not in dropouts.advertise
     ]
-    state = protocol.close_advertise(params, adverts)
+    state = stored(protocol.close_advertise(params, adverts))
 
     shares: list[tuple[str, ShareKeys]] = []
     for d in state.keys:
@@ -68,6 +72,7 @@ def run_round(
         protocol.check_share_keys(state, d, message)
         shares.append((d, message))
     state, forwards = protocol.close_share_keys(state, shares)
+    state = stored(state)
 
     masked: dict[str, np.ndarray] = {}
     partial: np.ndarray | None = None
@@ -87,6 +92,7 @@ def run_round(
         masked[d] = vector
         partial = protocol.accumulate(partial, vector)
     state, requests = protocol.close_masked_input(state, masked)
+    state = stored(state)
     assert partial is not None
 
     responses: list[tuple[str, UnmaskResponse]] = []

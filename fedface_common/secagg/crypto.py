@@ -146,17 +146,26 @@ def decrypt_share(key: bytes, ciphertext: bytes, *, round_id: int, sender: str, 
         raise ShareDecryptionError(f"share from {sender} to {recipient} failed authentication") from exc
 
 
-def prg_uint32(seed: bytes, length: int) -> np.ndarray:
+def prg_buffer(length: int) -> bytearray:
+    """A scratch buffer `prg_uint32` can write `length` values into, to expand many masks without
+    allocating (and first-touching) a new vector for each."""
+    return bytearray(4 * length + _AES_BLOCK - 1)
+
+
+def prg_uint32(seed: bytes, length: int, *, buffer: bytearray | None = None) -> np.ndarray:
     """`length` pseudorandom uint32 values expanded from a 256-bit seed (AES-256-CTR keystream, little-endian).
 
     Vectorised: the keystream is written straight into the output buffer a megabyte at a time; nothing
-    loops over parameters in Python."""
+    loops over parameters in Python. With `buffer` (from `prg_buffer`), the result is a view into it,
+    valid until the buffer is used again."""
     _check_len(seed, SEED_BYTES, "PRG seed")
     if length < 0:
         raise ValueError("length must be >= 0")
     nbytes = 4 * length
     # update_into wants room for a block beyond its input; the view below ignores it.
-    out = bytearray(nbytes + _AES_BLOCK - 1)
+    out = buffer if buffer is not None else prg_buffer(length)
+    if len(out) < nbytes + _AES_BLOCK - 1:
+        raise ValueError("buffer too small for this many values")
     view = memoryview(out)
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(_AES_BLOCK))).encryptor()
     for offset in range(0, nbytes, _CHUNK_BYTES):

@@ -167,11 +167,12 @@ class SecAggDevice(BaseModel):
         # before its input leaves it, and the unmasking stage then needs no key agreement at all.
         opened = self._open_all(forwarded)
         masked = vector.copy()
-        np.add(masked, crypto.prg_uint32(self.self_mask_seed, p.vector_length), out=masked)
+        scratch = crypto.prg_buffer(p.vector_length)
+        np.add(masked, crypto.prg_uint32(self.self_mask_seed, p.vector_length, buffer=scratch), out=masked)
         seeds = crypto.agree_all(self.mask_private, {v: keys[v].mask_public_key for v in senders},
                                  purpose="pairwise-mask", round_id=p.round_id, me=self.device_id)
         for v in senders:
-            pad = crypto.prg_uint32(seeds[v], p.vector_length)
+            pad = crypto.prg_uint32(seeds[v], p.vector_length, buffer=scratch)
             if pairwise_mask_sign(self.device_id, v) > 0:
                 np.add(masked, pad, out=masked)
             else:

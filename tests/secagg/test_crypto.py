@@ -94,3 +94,12 @@ def test_prg_is_deterministic_per_seed_and_differs_across_seeds() -> None:
 def test_prg_output_is_writable() -> None:
     values = crypto.prg_uint32(crypto.new_seed(), 8)
     values += np.uint32(1)
+
+
+def test_prg_into_a_reused_buffer_gives_the_same_values() -> None:
+    seed, other = crypto.new_seed(), crypto.new_seed()
+    scratch = crypto.prg_buffer(1000)
+    assert np.array_equal(crypto.prg_uint32(seed, 1000, buffer=scratch), crypto.prg_uint32(seed, 1000))
+    assert np.array_equal(crypto.prg_uint32(other, 10, buffer=scratch), crypto.prg_uint32(other, 10))
+    with pytest.raises(ValueError):
+        crypto.prg_uint32(seed, 1001, buffer=scratch)

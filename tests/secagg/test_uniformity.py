@@ -44,7 +44,7 @@ def _fixed_point_update() -> tuple[np.ndarray, float, float]:
     return fixedpoint.encode(update, params.clip_norm, params.scale), params.clip_norm, params.scale
 
 
-def _masked_by_a_device(prg: Callable[[bytes, int], np.ndarray] | None, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
+def _masked_by_a_device(prg: Callable[..., np.ndarray] | None, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
     params = make_params(6, 5, 3, length=LENGTH)
     devices, _, forwards = through_share_keys(params)
     x, _, _ = _fixed_point_update()
@@ -69,11 +69,11 @@ def test_the_unmasked_input_does_not() -> None:
 
 
 def test_masking_with_zero_masks_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    masked = _masked_by_a_device(lambda seed, n: np.zeros(n, np.uint32), monkeypatch)
+    masked = _masked_by_a_device(lambda seed, n, **_: np.zeros(n, np.uint32), monkeypatch)
     assert not _looks_uniform(masked)
 
 
 def test_masking_only_the_low_byte_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
     real = crypto.prg_uint32
-    masked = _masked_by_a_device(lambda seed, n: real(seed, n) & np.uint32(0xFF), monkeypatch)
+    masked = _masked_by_a_device(lambda seed, n, **_: real(seed, n) & np.uint32(0xFF), monkeypatch)
     assert not _looks_uniform(masked)
