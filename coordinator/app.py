@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from coordinator import console
 from coordinator.context import AppContext, build_context
+from coordinator.engine.blob_collector import BlobCollector
 from coordinator.engine.driver import RoundDriver
 from coordinator.engine.partials import PartialFolder
 from coordinator.errors import install_error_handlers
@@ -28,16 +29,18 @@ def create_app(settings: Settings | None = None, run_driver: bool = True) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = build_context(settings)
         app.state.ctx = ctx
-        driver, folder = RoundDriver(ctx), PartialFolder(ctx)
+        driver, folder, collector = RoundDriver(ctx), PartialFolder(ctx), BlobCollector(ctx)
         app.state.driver = driver
         if run_driver:
             driver.start()
             folder.start()
+            collector.start()
         structlog.get_logger("coordinator").info("started", replica=ctx.replica_id,
                                                  database=ctx.engine.url.get_backend_name())
         try:
             yield
         finally:
+            await collector.stop()
             await folder.stop()
             await driver.stop()
             await ctx.close()

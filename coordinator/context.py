@@ -16,6 +16,7 @@ from fedface_common.tensors import TensorSpec
 from fedface_common.update_codec import Encoding
 from storage.blobs import BlobStore
 from storage.blobs.factory import make_blob_store
+from storage.blobs.guards import LeaseKeyGuard
 from storage.db import make_engine, make_sessionmaker
 from storage.redis_state import CoordinationState, make_redis
 
@@ -68,12 +69,13 @@ def _admin_token_hash(settings: Settings) -> str:
 
 def build_context(settings: Settings) -> AppContext:
     engine = make_engine(settings.resolved_database_url)
+    state = CoordinationState(make_redis(settings.redis_url), settings.redis_prefix)
     return AppContext(
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
-        state=CoordinationState(make_redis(settings.redis_url), settings.redis_prefix),
-        blobs=make_blob_store(settings),
+        state=state,
+        blobs=make_blob_store(settings, guard=LeaseKeyGuard(state)),
         replica_id=settings.replica_id or f"{socket.gethostname()}-{secrets.token_hex(3)}",
         admin_token_hash=_admin_token_hash(settings),
     )

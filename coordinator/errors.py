@@ -187,9 +187,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return resp
 
 
-class PrivacyBudgetExhausted(Conflict):
-    code, title = "privacy_budget_exhausted", "Another DP round would exceed the privacy budget"
+class UploadTimeout(FedFaceError):
+    status, code, title = 408, "upload_timeout", "The upload took longer than the coordinator allows"
 
 
 class InvalidCursor(FedFaceError):
     status, code, title = 400, "invalid_cursor", "The page cursor is malformed"
+
+
+class PrivacyBudgetExhausted(Conflict):
+    code, title = "privacy_budget_exhausted", "Another DP round would exceed the privacy budget"

@@ -17,3 +17,5 @@ AGGREGATION_SECONDS = Histogram(
 )
 UPDATE_BYTES = Counter("fedface_update_bytes_total", "Bytes of accepted updates")
 IS_DRIVER = Gauge("fedface_round_driver", "1 while this process holds the round-driver lease")
+BLOB_GC_REMOVED = Counter("fedface_blob_gc_removed_total", "Blobs and staging files the collector removed", ["kind"])
+BLOB_GC_BYTES = Counter("fedface_blob_gc_removed_bytes_total", "Bytes the blob collector removed")

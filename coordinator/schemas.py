@@ -106,6 +106,29 @@ class AuditOut(BaseModel):
     details: dict[str, Any]
 
 
+class CollectedObject(BaseModel):
+    key: str = Field(description="A blob's sha256, or a staging file's name")
+    size_bytes: int
+    age_s: float
+
+
+class BlobGcReport(BaseModel):
+    """One pass of the blob collector: what it removed (with `dry_run`, what it would remove)."""
+
+    dry_run: bool
+    at: datetime
+    grace_s: float
+    staging_max_age_s: float
+    update_retention_s: float
+    blobs_scanned: int
+    blobs_young: int = Field(description="Younger than the grace period: kept whether referenced or not")
+    blobs_referenced: int = Field(description="Old enough, but still referenced: kept")
+    blobs_recommitted: int = Field(description="Unreferenced when listed, committed again since: kept")
+    blobs_removed: list[CollectedObject]
+    staging_removed: list[CollectedObject]
+    bytes_removed: int
+
+
 class PrivacyRoundOut(BaseModel):
     round_id: int
     sampling_probability: float

@@ -81,6 +81,26 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=5.0, gt=0)
     checkin_rate_per_min: int = Field(default=120, gt=0, description="Per-device check-in rate limit")
 
+    # Bounded storage: unreferenced blobs and staging files are collected (coordinator/services/blob_gc.py).
+    max_upload_s: float = Field(
+        default=1800.0, gt=0,
+        description="Longest an upload request may take, its body included; a slower one is refused (408"
+        " upload_timeout). A staging file older than this belongs to no upload and is removed",
+    )
+    blob_gc_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often one replica of the fleet collects unreferenced blobs"
+    )
+    blob_gc_grace_s: float = Field(
+        default=7200.0, gt=0,
+        description="A blob no row references is removed only once it is this old. Longer than max_upload_s,"
+        " so that an upload which has stored its blob but not yet committed its row keeps it",
+    )
+    update_retention_s: float = Field(
+        default=7 * 24 * 3600.0, ge=0,
+        description="How long after a round finished its updates and partial sums keep their blobs (the rows"
+        " stay); nothing reads them once the round is over",
+    )
+
     dp_epsilon_budget: float | None = Field(
         default=None, gt=0,
         description="Epsilon (at each round's delta) beyond which no DP round starts; a round's dp.epsilon_budget"
@@ -124,6 +144,15 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
+
+    @model_validator(mode="after")
+    def _grace_outlasts_uploads(self) -> Settings:
+        if self.blob_gc_grace_s <= self.max_upload_s:
+            raise ValueError(
+                f"blob_gc_grace_s ({self.blob_gc_grace_s:g}) must be longer than max_upload_s ({self.max_upload_s:g}):"
+                " the collector would take the blob of an upload whose row has not committed yet"
+            )
+        return self
 
     # The operator console (/console).
     console_secret: SecretStr | None = Field(

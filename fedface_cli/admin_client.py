@@ -182,3 +182,8 @@ class AdminClient:
     def audit(self, limit: int = 200) -> list[JSON]:
         result: list[JSON] = self._json("GET", f"{ADMIN}/audit", params={"limit": limit})
         return result
+
+    # Blob store -------------------------------------------------------------------------
+    def gc_blobs(self, dry_run: bool = False) -> JSON:
+        result: JSON = self._json("POST", f"{ADMIN}/blobs/gc", params={"dry_run": str(dry_run).lower()})
+        return result

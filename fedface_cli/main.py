@@ -8,6 +8,7 @@ from fedface_cli import (
     admin_cmds,
     agent_cmds,
     bench_cmds,
+    blob_cmds,
     demo_cmd,
     lab_cmds,
     migrate_cmd,
@@ -36,6 +37,7 @@ app.command("verify")(use_cmds.verify)
 app.command("export")(use_cmds.export)
 app.add_typer(admin_cmds.app, name="admin")
 admin_cmds.app.command("privacy")(privacy_cmds.ledger)
+admin_cmds.app.add_typer(blob_cmds.app, name="blobs")
 app.add_typer(bench_cmds.app, name="bench")
 app.add_typer(agent_cmds.app, name="agent")
 app.add_typer(model_cmds.app, name="models")

@@ -9,10 +9,12 @@ from fastapi import APIRouter, Query, Request, Response
 from coordinator.deps import Ctx, CurrentAdmin, Session
 from coordinator.routes.blobs import blob_response
 from coordinator.routes.bounded import BoundedJsonRoute
+from coordinator.routes.deadline import upload_deadline
 from coordinator.routes.params import RowId
 from coordinator.routes.problems import ADMIN_ERRORS
 from coordinator.schemas import (
     AuditOut,
+    BlobGcReport,
     DeviceOut,
     ModelVersionOut,
     PrivacyOut,
@@ -21,6 +23,7 @@ from coordinator.schemas import (
     TokenOut,
     TokenRequest,
 )
+from coordinator.services import blob_gc
 from coordinator.services import enrollment as enrollment_service
 from coordinator.services import models as model_service
 from coordinator.services import privacy as privacy_service
@@ -55,8 +58,9 @@ def _device_out(d: Device) -> DeviceOut:
 async def register_model(request: Request, admin: CurrentAdmin, session: Session, ctx: Ctx,
                          note: PlainText | None = Query(default=None, max_length=256),
                          serve: bool = Query(default=False, description="Serve it at once")) -> ModelVersionOut:
-    version = await model_service.register(session, ctx, admin.name, request.stream(),
-                                           request.headers.get("content-length"), note, serve)
+    async with upload_deadline(ctx):
+        version = await model_service.register(session, ctx, admin.name, request.stream(),
+                                               request.headers.get("content-length"), note, serve)
     _, served = await model_service.list_versions(session)
     return _version_out(version, served)
 
@@ -85,8 +89,9 @@ async def download_model(version_id: RowId, request: Request, admin: CurrentAdmi
 @router.put("/models/{version_id}/class-centres", response_model=ModelVersionOut, openapi_extra=_BINARY_BODY)
 async def attach_class_centres(version_id: RowId, request: Request, admin: CurrentAdmin, session: Session,
                                ctx: Ctx) -> ModelVersionOut:
-    version = await model_service.attach_class_centres(session, ctx, admin.name, version_id, request.stream(),
-                                                       request.headers.get("content-length"))
+    async with upload_deadline(ctx):
+        version = await model_service.attach_class_centres(session, ctx, admin.name, version_id, request.stream(),
+                                                           request.headers.get("content-length"))
     _, served = await model_service.list_versions(session)
     return _version_out(version, served)
 
@@ -165,3 +170,11 @@ async def audit_log(admin: CurrentAdmin, session: Session,
                     limit: int = Query(default=200, ge=1, le=5000)) -> list[AuditOut]:
     return [AuditOut(id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target, details=e.details)
             for e in await AuditRepository(session).list(limit)]
+
+
+# Blob store -----------------------------------------------------------------------
+@router.post("/blobs/gc", response_model=BlobGcReport)
+async def collect_blobs(admin: CurrentAdmin, session: Session, ctx: Ctx,
+                        dry_run: bool = Query(default=False, description="Report what would go; remove nothing")
+                        ) -> BlobGcReport:
+    return await blob_gc.collect_for_admin(session, ctx, admin.name, dry_run)

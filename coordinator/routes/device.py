@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from coordinator.deps import Ctx, CurrentDevice, Session
 from coordinator.routes.blobs import blob_response
 from coordinator.routes.bounded import BoundedJsonRoute
+from coordinator.routes.deadline import upload_deadline
 from coordinator.routes.params import RowId
 from coordinator.routes.problems import DEVICE_ERRORS
 from coordinator.services import checkin as checkin_service
@@ -53,6 +54,7 @@ async def class_centres(round_id: RowId, request: Request, device: CurrentDevice
                  "schema": {"type": "string", "format": "binary"}}}}})
 async def submit_update(round_id: RowId, request: Request, device: CurrentDevice, session: Session,
                         ctx: Ctx) -> SubmitResponse:
-    return await intake.submit(session, ctx, device, round_id, request.headers, request.stream())
+    async with upload_deadline(ctx):
+        return await intake.submit(session, ctx, device, round_id, request.headers, request.stream())
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from storage.blobs.base import BlobStore
+from storage.blobs.guards import KeyGuard
 from storage.blobs.local import LocalBlobStore
 
 
@@ -43,12 +44,14 @@ def _reveal(secret: _Secret | None) -> str | None:
     return secret.get_secret_value() if secret is not None else None
 
 
-def make_blob_store(settings: BlobSettings, *, tmp_dir: Path | None = None) -> BlobStore:
+def make_blob_store(settings: BlobSettings, *, tmp_dir: Path | None = None, guard: KeyGuard | None = None
+                    ) -> BlobStore:
     """Build the configured store without network I/O.
 
     The S3 store creates its bucket on first use if missing, so a coordinator
     started before MinIO/S3 is up simply reports not-ready until it is.
-    `tmp_dir` is where S3 uploads are staged (default: the system temp dir)."""
+    `tmp_dir` is where S3 uploads are staged (default: the system temp dir);
+    `guard` is what every process sharing the bucket takes per key (guards.py)."""
     backend = settings.blob_backend
     if backend == "local":
         return LocalBlobStore(settings.resolved_blob_dir)
@@ -70,6 +73,7 @@ def make_blob_store(settings: BlobSettings, *, tmp_dir: Path | None = None) -> B
             create_bucket=True,
             region=settings.s3_region,
             tmp_dir=tmp_dir,
+            guard=guard,
             # Fails fast for /readyz (which gives up after ~3 s) instead of retrying.
             probe_client=connect(connect_timeout_s=2, read_timeout_s=2, max_attempts=1),
         )

@@ -24,6 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from storage.blobs.base import BlobNotFound, BlobStore, BlobWriter, StagedFileWriter, StoredObject, check_key
+from storage.blobs.guards import KeyGuard, ProcessKeyGuard
 
 # Error codes S3 and its look-alikes use for "no such object/bucket". A HEAD
 # response has no body, so botocore reports it by HTTP status ("404").
@@ -111,6 +112,7 @@ class S3BlobStore(BlobStore):
         region: str | None = None,
         tmp_dir: Path | None = None,
         probe_client: Any | None = None,
+        guard: KeyGuard | None = None,
     ) -> None:
         self.client = client
         # Readiness probes time out after a few seconds but cannot cancel the
@@ -128,6 +130,8 @@ class S3BlobStore(BlobStore):
         self.staging_dir, self.staging_prefix = tmp_dir or Path(tempfile.gettempdir()), "s3-upload-"
         self._create_bucket = create_bucket
         self._bucket_ready = False
+        # Replicas sharing the bucket need a guard they share too (the coordinator passes a Redis one).
+        self.guard = guard or ProcessKeyGuard()
 
     @classmethod
     async def open(
@@ -190,10 +194,16 @@ class S3BlobStore(BlobStore):
             existing = int((await self._head(sha256))["ContentLength"])
         except BlobNotFound:
             existing = -1
-        # Same key means same bytes, so an object of the right size is kept;
-        # one of another size can only be damaged, and is replaced.
-        if existing == path.stat().st_size and await self._refresh(key):
+        if existing < 0:
+            await self._put(path, key)  # nothing there that the collector could remove
             return
+        async with self.guard.hold(sha256, wait=True):
+            # Same key means same bytes, so an object of the right size is kept;
+            # one of another size can only be damaged, and is replaced.
+            if existing != path.stat().st_size or not await self._refresh(key):
+                await self._put(path, key)
+
+    async def _put(self, path: Path, key: str) -> None:
         # upload_file switches to a multipart upload for big files; botocore
         # adds a CRC checksum per request, so corruption in transit is caught.
         await asyncio.to_thread(self.client.upload_file, str(path), self.bucket, key)
@@ -280,17 +290,19 @@ class S3BlobStore(BlobStore):
                     yield StoredObject(sha, int(obj["Size"]), _utc(obj["LastModified"]))
 
     async def delete_if_older(self, sha256: str, before: datetime) -> bool:
-        # S3 has no delete conditional on age, so the age is read just before the DELETE. An
-        # upload of these same bytes between the two calls (one round trip) would be lost; the
-        # local store closes that gap with a lock, which S3 does not offer.
-        try:
-            modified = _utc((await self._head(sha256))["LastModified"])
-        except BlobNotFound:
-            return False
-        if modified >= before:
-            return False
-        await self.delete(sha256)
-        return True
+        # S3 has no delete conditional on age: the age is read just before the DELETE, under the
+        # key's guard, which a commit of bytes already stored holds while it makes them young again.
+        async with self.guard.hold(sha256, wait=False) as held:
+            if not held:  # being committed now, or the guard is unreachable: leave it
+                return False
+            try:
+                modified = _utc((await self._head(sha256))["LastModified"])
+            except BlobNotFound:
+                return False
+            if modified >= before:
+                return False
+            await self.delete(sha256)
+            return True
 
 
 def _utc(value: datetime) -> datetime:
