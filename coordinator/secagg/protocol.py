@@ -11,7 +11,8 @@ device gets a 4xx), stores the accepted ones, and at the deadline calls `close_*
 0. `close_advertise(params, [(device, AdvertiseKeys)])` -> round; `neighbour_keys_for(round, device)`.
 1. `check_share_keys`; `close_share_keys(round, [(device, ShareKeys)])` -> (round, {device: ForwardedShares}).
 2. `check_masked_input` (metadata), `check_masked_vector` (body), `accumulate` into the partial sums;
-   `close_masked_input(round, [devices whose input was folded])` -> (round, {device: UnmaskRequest}).
+   `close_masked_input(round, [devices whose input was folded])` -> (round, {device: UnmaskRequest}),
+   refused if those devices' graph is disconnected.
 3. `check_unmask_response`; `unmask(round, [(device, UnmaskResponse)], masked_sum)` -> the sum of the
    survivors' fixed-point inputs mod 2^32 (decode it with `fedface_common.secagg.fixedpoint.decode`).
 
@@ -78,6 +79,13 @@ class NotEnoughSurvivors(SecAggProtocolError):
     def __init__(self, stage: str, have: int, need: int) -> None:
         super().__init__(f"{have} devices survived {stage}, {need} needed")
         self.stage, self.have, self.need = stage, have, need
+
+
+class SurvivorsDisconnected(SecAggProtocolError):
+    """The graph on the devices whose input is in the sum falls apart: unmasking would hand the server the
+    sum of each part separately (a part of one device is that device's input), so it is not done."""
+
+    code = "secagg_survivors_disconnected"
 
 
 class NotEnoughShares(SecAggProtocolError):
@@ -295,6 +303,12 @@ def close_masked_input(
     assert state.shared is not None
     survived, dropped = set(masked), set(state.shared) - set(masked)
     neighbours = graph_of(state.params)
+    # Checked before any share is asked for: the parameter rule makes a split unlikely (graph.py, (3)),
+    # this makes it impossible.
+    parts = _components(survived, neighbours)
+    if len(parts) > 1:
+        raise SurvivorsDisconnected(f"the {len(masked)} survivors fall into {len(parts)} unconnected groups "
+                                    f"(the smallest has {min(len(p) for p in parts)})")
     requests = {
         u: UnmaskRequest(survivor_count=len(masked),
                          survivors=sorted(neighbours[u] & survived), dropped=sorted(neighbours[u] & dropped))
@@ -424,6 +438,20 @@ def _core(members: set[str], neighbours: dict[str, frozenset[str]], t: int) -> s
             if degree[v] < t:
                 doomed.append(v)
     return alive
+
+
+def _components(members: set[str], neighbours: dict[str, frozenset[str]]) -> list[set[str]]:
+    unseen, parts = set(members), []
+    while unseen:
+        start = unseen.pop()
+        part, stack = {start}, [start]
+        while stack:
+            for v in neighbours[stack.pop()] & unseen:
+                unseen.discard(v)
+                part.add(v)
+                stack.append(v)
+        parts.append(part)
+    return parts
 
 
 def _enough(stage: str, have: int, need: int) -> None:

@@ -10,9 +10,10 @@ Parameters. Model: each of the n devices drops out at some stage of the round in
 probability at most `dropout` (delta), and, optionally, colludes with the server with probability at
 most `corrupt` (gamma). With sigma = `security_bits` and eta = `correctness_bits`, (k, t) must satisfy
 
-  (1) k/2 < t <= k. A majority threshold (Sec. 3 of the paper requires t > k/2): two sets of t
-      neighbours that the server might ask for the two kinds of shares of one device always overlap,
-      and the overlap refuses to answer both.
+  (1) k/2 < t <= k. A majority threshold, as in the paper's analysis: any two sets of t neighbours
+      of one device overlap, so a server that asked some neighbours for a device's self-mask share and
+      others for its masking-key share would need a device in the overlap to answer both, which no
+      honest device does (`device.SecAggDevice.unmask`).
   (2) correctness:  n * P[Bin(k, 1 - delta) < t] <= 2^-eta.
       Each needed secret (a survivor's self-mask seed, a dropped device's masking key) keeps t live
       holders among its k neighbours; union bound over the n devices.

@@ -43,6 +43,14 @@ def _expected_outcome(params: SecAggParams, drops: Dropouts) -> str | set[str]:
     u3 = u2 - drops.masked_input
     if len(u3) < need:
         return "NotEnoughSurvivors"
+    reached, frontier = set(), [min(u3)]
+    while frontier:
+        u = frontier.pop()
+        if u not in reached:
+            reached.add(u)
+            frontier += [v for v in g[u] if v in u3]
+    if reached != u3:
+        return "SurvivorsDisconnected"
     responders = u3 - drops.unmask
     if any(len(set(g[owner]) & responders) < t for owner in u2):  # u3's seeds and (u2 - u3)'s keys
         return "NotEnoughShares"
@@ -55,7 +63,7 @@ def _check_round(params: SecAggParams, drops: Dropouts, seed: int = 0) -> str | 
     expected = _expected_outcome(params, drops)
     try:
         result = run_round(params, inputs, drops)
-    except (protocol.NotEnoughSurvivors, protocol.NotEnoughShares) as exc:
+    except (protocol.NotEnoughSurvivors, protocol.SurvivorsDisconnected, protocol.NotEnoughShares) as exc:
         assert type(exc).__name__ == expected
         return expected
     assert result.refused == {}  # the server's pruning leaves no device a reason to refuse
@@ -128,6 +136,16 @@ def test_a_sparse_round_with_parameters_from_the_rule() -> None:
 def test_all_devices_present() -> None:
     params = make_params(7, 4, 3, length=10)
     assert _check_round(params, Dropouts()) == set(params.devices)
+
+
+def test_a_split_survivor_graph_is_refused_before_any_share_is_revealed() -> None:
+    """With k = 4, two gaps of two neighbouring ring positions missing at the masked input cut the
+    survivors in two: each half's sum would be computable on its own, so the round stops there."""
+    params = make_params(12, 4, 3, length=10)
+    ring = graph.ring_order(params.devices, params.graph_seed)
+    cut = frozenset({ring[0], ring[1], ring[6], ring[7]})
+    assert _check_round(params, Dropouts(masked_input=cut)) == "SurvivorsDisconnected"
+    assert isinstance(_check_round(params, Dropouts(masked_input=frozenset({ring[0], ring[6]}))), set)
 
 
 def test_too_many_dropouts_at_unmasking_are_reported_not_guessed() -> None:
