@@ -24,11 +24,21 @@ from __future__ import annotations
 import functools
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator.secagg.errors import (
+    DuplicateMessage,
+    InvalidMessage,
+    NotEnoughShares,
+    NotEnoughSurvivors,
+    NotInStage,
+    ReconstructionFailed,
+    ShareDeficit,
+    SurvivorsDisconnected,
+)
 from fedface_common.secagg import crypto, fixedpoint, graph, shamir
 from fedface_common.secagg.device import pairwise_mask_sign, vector_digest
 from fedface_common.secagg.messages import (
@@ -47,68 +57,6 @@ from fedface_common.secagg.messages import (
 )
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class SecAggProtocolError(Exception):
-    """A secure-aggregation stage cannot go on as asked. `code` is stable, for problem documents."""
-
-    code: ClassVar[str] = "secagg_error"
-
-
-class NotInStage(SecAggProtocolError):
-    """The sender is not expected at this stage (not in the round, or dropped at an earlier stage)."""
-
-    code = "secagg_not_in_stage"
-
-
-class DuplicateMessage(SecAggProtocolError):
-    """A second, different message from one device in one stage."""
-
-    code = "secagg_duplicate_message"
-
-
-class InvalidMessage(SecAggProtocolError):
-    """A well-formed message that breaks the protocol (wrong recipients, wrong share kind, ...)."""
-
-    code = "secagg_invalid_message"
-
-
-class NotEnoughSurvivors(SecAggProtocolError):
-    code = "secagg_not_enough_survivors"
-
-    def __init__(self, stage: str, have: int, need: int) -> None:
-        super().__init__(f"{have} devices survived {stage}, {need} needed")
-        self.stage, self.have, self.need = stage, have, need
-
-
-class SurvivorsDisconnected(SecAggProtocolError):
-    """The graph on the devices whose input is in the sum falls apart: unmasking would hand the server the
-    sum of each part separately (a part of one device is that device's input), so it is not done."""
-
-    code = "secagg_survivors_disconnected"
-
-
-class NotEnoughShares(SecAggProtocolError):
-    """Some secret the unmasking needs has fewer than t shares: the sum cannot be recovered."""
-
-    code = "secagg_not_enough_shares"
-
-    def __init__(self, deficits: list[ShareDeficit], threshold: int) -> None:
-        worst = ", ".join(f"{d.owner} ({d.kind}: {d.have})" for d in deficits[:5])
-        super().__init__(f"{len(deficits)} secrets have fewer than {threshold} shares: {worst}")
-        self.deficits, self.threshold = deficits, threshold
-
-
-class ReconstructionFailed(SecAggProtocolError):
-    """The shares of a secret disagree, or a masking key does not match the public key it advertised."""
-
-    code = "secagg_reconstruction_failed"
-
-
-class ShareDeficit(BaseModel):
-    owner: str
-    kind: ShareKind
-    have: int
 
 
 class ServerRound(BaseModel):
@@ -355,12 +303,15 @@ def _needed(state: ServerRound) -> list[tuple[str, ShareKind]]:
     ]
 
 
+def _deficits(state: ServerRound, collected: dict[tuple[str, ShareKind], list[shamir.Share]]) -> list[ShareDeficit]:
+    t = state.params.threshold
+    counts = {(o, k): len(collected.get((o, k), [])) for o, k in _needed(state)}
+    return [ShareDeficit(owner=o, kind=k, have=n) for (o, k), n in counts.items() if n < t]
+
+
 def share_deficits(state: ServerRound, responses: Sequence[tuple[str, UnmaskResponse]]) -> list[ShareDeficit]:
     """The secrets that still lack t shares; empty once the engine may unmask without waiting longer."""
-    collected = _collect_shares(state, responses)
-    t = state.params.threshold
-    return [ShareDeficit(owner=o, kind=k, have=len(collected.get((o, k), []))) for o, k in _needed(state)
-            if len(collected.get((o, k), [])) < t]
+    return _deficits(state, _collect_shares(state, responses))
 
 
 def reconstruct_secrets(state: ServerRound, responses: Sequence[tuple[str, UnmaskResponse]]) -> RoundSecrets:
@@ -369,8 +320,7 @@ def reconstruct_secrets(state: ServerRound, responses: Sequence[tuple[str, Unmas
         raise NotInStage("unmasking before the masked-input stage closed")
     collected = _collect_shares(state, responses)
     t = state.params.threshold
-    deficits = [ShareDeficit(owner=o, kind=k, have=len(collected.get((o, k), []))) for o, k in _needed(state)
-                if len(collected.get((o, k), [])) < t]
+    deficits = _deficits(state, collected)
     if deficits:
         raise NotEnoughShares(deficits, t)
     seeds: dict[str, bytes] = {}
@@ -404,9 +354,9 @@ def remove_masks(state: ServerRound, round_secrets: RoundSecrets, masked_sum: np
     survived = set(state.masked)
     neighbours = graph_of(p)
     for v, key in sorted(round_secrets.mask_keys.items()):
-        for u in sorted(neighbours[v] & survived):
-            seed = crypto.agree(key, state.keys[u].mask_public_key, purpose="pairwise-mask", round_id=p.round_id,
-                                a=v, b=u)
+        peers = {u: state.keys[u].mask_public_key for u in sorted(neighbours[v] & survived)}
+        seeds = crypto.agree_all(key, peers, purpose="pairwise-mask", round_id=p.round_id, me=v)
+        for u, seed in seeds.items():
             pad = crypto.prg_uint32(seed, p.vector_length, buffer=scratch)
             # u added sign(u, v) * pad; take it back out.
             if pairwise_mask_sign(u, v) > 0:

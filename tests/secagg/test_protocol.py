@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from coordinator.secagg import protocol
-from coordinator.secagg.protocol import (
+from coordinator.secagg.errors import (
     DuplicateMessage,
     InvalidMessage,
     NotEnoughShares,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from coordinator.secagg import protocol
+from coordinator.secagg.errors import NotEnoughShares, NotEnoughSurvivors, SurvivorsDisconnected
 from coordinator.secagg.simulate import Dropouts, run_round
 from fedface_common.secagg import fixedpoint, graph
 from fedface_common.secagg.messages import SecAggParams
@@ -63,7 +63,7 @@ def _check_round(params: SecAggParams, drops: Dropouts, seed: int = 0) -> str | 
     expected = _expected_outcome(params, drops)
     try:
         result = run_round(params, inputs, drops)
-    except (protocol.NotEnoughSurvivors, protocol.SurvivorsDisconnected, protocol.NotEnoughShares) as exc:
+    except (NotEnoughSurvivors, SurvivorsDisconnected, NotEnoughShares) as exc:
         assert type(exc).__name__ == expected
         return expected
     assert result.refused == {}  # the server's pruning leaves no device a reason to refuse
