@@ -74,13 +74,14 @@ class SecAggDevice(BaseModel):
 
     params: SecAggParams
     device_id: DeviceId
-    enc_private: Secret = Field(min_length=crypto.KEY_BYTES, max_length=crypto.KEY_BYTES)
-    mask_private: Secret = Field(min_length=crypto.KEY_BYTES, max_length=crypto.KEY_BYTES)
-    self_mask_seed: Secret = Field(min_length=crypto.SEED_BYTES, max_length=crypto.SEED_BYTES)
+    # Secrets stay out of repr, so that logging a state never writes them out.
+    enc_private: Secret = Field(min_length=crypto.KEY_BYTES, max_length=crypto.KEY_BYTES, repr=False)
+    mask_private: Secret = Field(min_length=crypto.KEY_BYTES, max_length=crypto.KEY_BYTES, repr=False)
+    self_mask_seed: Secret = Field(min_length=crypto.SEED_BYTES, max_length=crypto.SEED_BYTES, repr=False)
     neighbour_keys: list[DeviceKeys] | None = None
     sent_shares: ShareKeys | None = None
     forwarded: ForwardedShares | None = None
-    received_shares: dict[DeviceId, Secret] = Field(default_factory=dict)  # sender -> b_v share || s_v^SK share
+    received_shares: dict[DeviceId, Secret] = Field(default_factory=dict, repr=False)  # b_v share || s_v^SK share
     input_sha256: str | None = None
     revealed: dict[DeviceId, ShareKind] = Field(default_factory=dict)
 

@@ -148,3 +148,11 @@ def test_state_round_trips_through_json_with_secrets_as_bytes() -> None:
     back = SecAggDevice.from_json(state.to_json())
     assert back == state
     assert isinstance(back.mask_private, bytes) and len(back.self_mask_seed) == 32
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    params, devices, _ = _masked()
+    state = devices[params.devices[0]]
+    text = repr(state) + str(state)
+    for secret in (state.enc_private, state.mask_private, state.self_mask_seed, *state.received_shares.values()):
+        assert repr(secret) not in text and secret.hex() not in text
