@@ -22,6 +22,7 @@ from rich.table import Table
 
 from fedface_cli.admin_client import JSON, AdminClient, ApiProblem
 from fedface_cli.params import parse_params
+from fedface_common.wire import FINAL_ROUND_STATES, RoundState
 
 app = typer.Typer(help="Operate a coordinator through its admin API.", no_args_is_help=True)
 models_app = typer.Typer(help="Model versions: register, list, promote, roll back, download.", no_args_is_help=True)
@@ -41,7 +42,6 @@ def _console() -> Console:
     80 columns, so that tables stay one row per item in logs and files."""
     probe = Console()
     return probe if probe.is_terminal or "COLUMNS" in os.environ else Console(width=200)
-FINAL_STATES = ("committed", "failed", "cancelled")
 
 
 @dataclass
@@ -353,7 +353,7 @@ def rounds_wait(ctx: typer.Context, round_id: int,
                 r = None
                 status.update(f"round {round_id}: coordinator unreachable ({exc.code}), retrying")
             if r is not None:
-                if r["state"] in FINAL_STATES:
+                if r["state"] in FINAL_ROUND_STATES:
                     break
                 target = r["config"].get("target_devices", "?")
                 status.update(f"round {round_id}: [bold]{r['state']}[/], accepted {r['accepted']}/{target}, "
@@ -364,7 +364,7 @@ def rounds_wait(ctx: typer.Context, round_id: int,
             time.sleep(interval)
     assert r is not None
     _emit(ctx, r, _show_round)
-    if r["state"] != "committed":
+    if r["state"] != RoundState.COMMITTED:
         raise typer.Exit(1)
 
 

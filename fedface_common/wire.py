@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +41,20 @@ PRETRAIN_EXTRA_PREFIX = "pretrain."
 PRETRAIN_CLASS_CENTRES = PRETRAIN_EXTRA_PREFIX + "class_centres"
 # The one tensor of a class-centres blob the coordinator ships to devices.
 CLASS_CENTRES_TENSOR = "class_centres"
+
+
+class RoundState(StrEnum):
+    """A round's life: collecting -> aggregating -> committed | failed, or cancelled by the operator."""
+
+    COLLECTING = "collecting"
+    AGGREGATING = "aggregating"
+    COMMITTED = "committed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_ROUND_STATES = (RoundState.COLLECTING, RoundState.AGGREGATING)
+FINAL_ROUND_STATES = (RoundState.COMMITTED, RoundState.FAILED, RoundState.CANCELLED)
 
 
 class EnrollRequest(BaseModel):

@@ -24,11 +24,11 @@ from coordinator.errors import PrivacyBudgetExhausted
 from coordinator.metrics import AGGREGATION_SECONDS, ROUND_DURATION
 from coordinator.schemas import RoundConfig
 from coordinator.services import models as model_service
-from coordinator.services.rounds import AGGREGATING, COMMITTED, FAILED, create_round
+from coordinator.services.rounds import create_round
 from coordinator.strategies import Accumulator, AggregationResult, make_strategy
 from coordinator.strategies.robust import BoundedAggregation
 from fedface_common.tensors import decode, encode
-from fedface_common.wire import MANIFEST_METADATA_KEY
+from fedface_common.wire import MANIFEST_METADATA_KEY, RoundState
 from storage.db import utcnow
 from storage.models import ModelVersion
 from storage.repositories.embeddings import ClassEmbeddingRepository
@@ -69,9 +69,9 @@ def _finalize(aggregation: BoundedAggregation, base: dict[str, np.ndarray], acc:
 async def _fail(ctx: AppContext, round_id: int, reason: str) -> None:
     async with ctx.sessions() as session, session.begin():
         rnd = await RoundRepository(session).get(round_id, lock=True)
-        if rnd is not None and rnd.state == AGGREGATING:
+        if rnd is not None and rnd.state == RoundState.AGGREGATING:
             now = utcnow()
-            rnd.state, rnd.finished_at, rnd.failure_reason, rnd.continuous_remaining = FAILED, now, reason, 0
+            rnd.state, rnd.finished_at, rnd.failure_reason, rnd.continuous_remaining = RoundState.FAILED, now, reason, 0
     await ctx.state.cache_current_round(None)
     log.error("round_failed", round_id=round_id, reason=reason)
 
@@ -99,7 +99,7 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
     started = time.perf_counter()
     async with ctx.sessions() as session:
         rnd = await RoundRepository(session).get(round_id)
-        if rnd is None or rnd.state != AGGREGATING:
+        if rnd is None or rnd.state != RoundState.AGGREGATING:
             return None
         base = await model_service.get(session, rnd.base_version_id)
         rows = await UpdateRepository(session).for_round(round_id)
@@ -141,7 +141,7 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
     async with ctx.sessions() as session, session.begin():
         rounds = RoundRepository(session)
         rnd = await rounds.get(round_id, lock=True)
-        if rnd is None or rnd.state != AGGREGATING:
+        if rnd is None or rnd.state != RoundState.AGGREGATING:
             return None  # another driver committed it while we computed
         now = utcnow()
         if result.replaces_class_embeddings:  # before the version is written, so its metrics carry the count
@@ -155,7 +155,7 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
         await versions.set_served(version.id, now)
         if result.class_embeddings:
             await ClassEmbeddingRepository(session).upsert_many(result.class_embeddings, version.id)
-        rnd.state, rnd.result_version_id, rnd.finished_at, rnd.metrics = COMMITTED, version.id, now, metrics
+        rnd.state, rnd.result_version_id, rnd.finished_at, rnd.metrics = RoundState.COMMITTED, version.id, now, metrics
         if "dp" in metrics:  # into the ledger, with the adaptive clip the next DP round starts from
             rnd.dp_state = metrics["dp"]
         if rnd.continuous_remaining > 0:
@@ -169,7 +169,7 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
         duration = (now - rnd.created_at).total_seconds()
     await ctx.state.cache_current_round(None)
     AGGREGATION_SECONDS.observe(aggregate_s)
-    ROUND_DURATION.labels(state=COMMITTED).observe(duration)
+    ROUND_DURATION.labels(state=RoundState.COMMITTED).observe(duration)
     log.info("round_committed", round_id=round_id, version_id=new_version_id, updates=acc.count,
              aggregate_s=round(aggregate_s, 3))
     return new_version_id

@@ -17,7 +17,7 @@ import structlog
 from coordinator.context import AppContext
 from coordinator.engine.aggregate import aggregate_round
 from coordinator.metrics import IS_DRIVER, ROUND_DURATION
-from coordinator.services.rounds import AGGREGATING, COLLECTING, FAILED
+from fedface_common.wire import ACTIVE_ROUND_STATES, RoundState
 from storage.db import utcnow
 from storage.models import Round
 from storage.repositories.rounds import RoundRepository
@@ -91,11 +91,12 @@ class RoundDriver:
     async def tick(self) -> None:
         """One pass over the active rounds. Safe to call from tests directly."""
         async with self.ctx.sessions() as session:
-            active = [(r.id, r.state) for r in await RoundRepository(session).in_states([COLLECTING, AGGREGATING])]
+            rounds = await RoundRepository(session).in_states(ACTIVE_ROUND_STATES)
+            active = [(r.id, r.state) for r in rounds]
         for round_id, state in active:
-            if state == COLLECTING:
+            if state == RoundState.COLLECTING:
                 state = await self._maybe_close(round_id)
-            if state == AGGREGATING:
+            if state == RoundState.AGGREGATING:
                 await aggregate_round(self.ctx, round_id)
 
     async def _maybe_close(self, round_id: int) -> str:
@@ -106,29 +107,29 @@ class RoundDriver:
         # unlocked "not yet" is safe and the next wake looks again.
         async with self.ctx.sessions() as session:
             rnd = await RoundRepository(session).get(round_id)
-            if rnd is None or rnd.state != COLLECTING:
-                return rnd.state if rnd else FAILED
+            if rnd is None or rnd.state != RoundState.COLLECTING:
+                return rnd.state if rnd else RoundState.FAILED
             if not self._due(rnd, await UpdateRepository(session).count(round_id)):
-                return COLLECTING
+                return RoundState.COLLECTING
         async with self.ctx.sessions() as session, session.begin():
             rnd = await RoundRepository(session).get(round_id, lock=True)
-            if rnd is None or rnd.state != COLLECTING:
-                return rnd.state if rnd else FAILED
+            if rnd is None or rnd.state != RoundState.COLLECTING:
+                return rnd.state if rnd else RoundState.FAILED
             accepted = await UpdateRepository(session).count(round_id)
             now = utcnow()
             target, quorum = int(rnd.config["target_devices"]), int(rnd.config["min_devices"])
             closing = rnd.stop_requested or now >= rnd.deadline_at
             if accepted >= target or (closing and accepted >= quorum):
-                rnd.state, rnd.closed_at = AGGREGATING, now
+                rnd.state, rnd.closed_at = RoundState.AGGREGATING, now
                 log.info("round_closed", round_id=round_id, accepted=accepted)
             elif closing:
-                rnd.state, rnd.closed_at, rnd.finished_at = FAILED, now, now
+                rnd.state, rnd.closed_at, rnd.finished_at = RoundState.FAILED, now, now
                 rnd.continuous_remaining = 0
                 rnd.failure_reason = f"quorum not met: {accepted} accepted, {quorum} required"
-                ROUND_DURATION.labels(state=FAILED).observe((now - rnd.created_at).total_seconds())
+                ROUND_DURATION.labels(state=RoundState.FAILED).observe((now - rnd.created_at).total_seconds())
                 log.warning("round_failed", round_id=round_id, accepted=accepted, quorum=quorum)
             state = rnd.state
-        if state != COLLECTING:
+        if state != RoundState.COLLECTING:
             await self.ctx.state.cache_current_round(None)
         return state
 

@@ -18,9 +18,9 @@ from coordinator.context import AppContext
 from coordinator.engine.aggregation import round_aggregation
 from coordinator.engine.folding import AggregationError, fold_updates
 from coordinator.services import models as model_service
-from coordinator.services.rounds import COLLECTING
 from coordinator.strategies import Accumulator, make_strategy
 from fedface_common.tensors import decode, encode, metadata_of
+from fedface_common.wire import RoundState
 from storage.repositories.partials import PartialAggregateRepository
 from storage.repositories.rounds import RoundRepository
 
@@ -79,7 +79,7 @@ class PartialFolder:
         ctx = self.ctx
         async with ctx.sessions() as session:
             rnd = await RoundRepository(session).active()
-            if rnd is None or rnd.state != COLLECTING:
+            if rnd is None or rnd.state != RoundState.COLLECTING:
                 self._cache.clear()
                 return 0
             repo = PartialAggregateRepository(session)

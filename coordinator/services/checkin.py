@@ -15,9 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.context import AppContext
 from coordinator.errors import RateLimited
 from coordinator.metrics import CHECKINS
-from coordinator.services.rounds import COLLECTING
 from coordinator.strategies import make_strategy
-from fedface_common.wire import CLASS_CENTRES_TENSOR, CheckInResponse, Task, TrainingConfig
+from fedface_common.wire import CLASS_CENTRES_TENSOR, CheckInResponse, RoundState, Task, TrainingConfig
 from storage.db import utcnow
 from storage.models import Device, Round
 from storage.repositories.devices import DeviceRepository
@@ -84,7 +83,7 @@ async def check_in(session: AsyncSession, ctx: AppContext, device: Device) -> Ch
     rnd = await rounds.get(active.id, lock=True)
     assert rnd is not None
     remaining = _until(rnd.deadline_at, now)
-    if rnd.state != COLLECTING or rnd.stop_requested or remaining <= 0:
+    if rnd.state != RoundState.COLLECTING or rnd.stop_requested or remaining <= 0:
         return _wait(_spread(settings.idle_retry_s, settings.idle_retry_s), "closing")
     window = max(settings.idle_retry_s, float(rnd.config["deadline_s"]) / 2)
     if await rounds.assignment(rnd.id, device.id) is not None:

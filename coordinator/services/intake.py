@@ -31,7 +31,6 @@ from coordinator.errors import (
 )
 from coordinator.metrics import SUBMISSIONS, UPDATE_BYTES
 from coordinator.services import models as model_service
-from coordinator.services import rounds as round_service
 from coordinator.services.headers import strict_int
 from coordinator.services.uploads import UpdateMeasure, measure_staged, receive, validate_staged_async
 from coordinator.strategies import make_strategy
@@ -43,6 +42,7 @@ from fedface_common.wire import (
     HEADER_BASE_VERSION,
     HEADER_CLIENT_METRICS,
     HEADER_NUM_SAMPLES,
+    RoundState,
     SubmitResponse,
 )
 from storage.db import utcnow
@@ -95,7 +95,7 @@ def _answer(upd: Update) -> SubmitResponse:
 
 
 def _check_open(rnd: Round, headers: Mapping[str, str]) -> None:
-    if rnd.state != round_service.COLLECTING or rnd.stop_requested or utcnow() >= rnd.deadline_at:
+    if rnd.state != RoundState.COLLECTING or rnd.stop_requested or utcnow() >= rnd.deadline_at:
         raise RoundClosed(f"round {rnd.id} is {rnd.state if rnd.state != 'collecting' else 'past its deadline'}")
     raw_base = headers.get(HEADER_BASE_VERSION)
     if raw_base is None:

@@ -18,6 +18,7 @@ from coordinator.context import AppContext
 from coordinator.schemas import RoundOut
 from coordinator.services import models as model_service
 from coordinator.services import rounds as round_service
+from fedface_common.wire import RoundState
 from storage.repositories.rounds import Participant, RoundRepository
 from storage.repositories.updates import UpdateRepository, UpdateTotals
 
@@ -151,7 +152,7 @@ async def participants(session: AsyncSession, round_id: int, after: uuid.UUID | 
 async def trends(session: AsyncSession, limit: int = 200) -> Trends:
     """The collapse monitor, robust counts and evaluations of the last LIMIT committed rounds (oldest first),
     and the evaluations recorded for model versions."""
-    committed = list(await RoundRepository(session).page(round_service.COMMITTED, None, None, limit))
+    committed = list(await RoundRepository(session).page(RoundState.COMMITTED, None, None, limit))
     points = []
     for rnd in reversed(committed):
         metrics = dict(rnd.metrics or {})

@@ -14,13 +14,12 @@ from coordinator.services import models as model_service
 from coordinator.services import privacy as privacy_service
 from coordinator.strategies import make_strategy
 from coordinator.strategies.base import StrategyConfigError
+from fedface_common.wire import RoundState
 from storage.db import utcnow
 from storage.models import Round
 from storage.repositories.audit import AuditRepository
 from storage.repositories.models_repo import ModelVersionRepository
 from storage.repositories.rounds import RoundCounts, RoundRepository
-
-COLLECTING, AGGREGATING, COMMITTED, FAILED, CANCELLED = "collecting", "aggregating", "committed", "failed", "cancelled"
 
 
 async def create_round(session: AsyncSession, config: RoundConfig, base_version_id: int, remaining: int,
@@ -28,7 +27,7 @@ async def create_round(session: AsyncSession, config: RoundConfig, base_version_
     """Raises PrivacyBudgetExhausted, before writing anything, when a DP round would exceed the budget."""
     dp_state = await privacy_service.plan(session, config, epsilon_budget)
     now = utcnow()
-    rnd = Round(state=COLLECTING, algorithm=config.algorithm, config=config.model_dump(mode="json"),
+    rnd = Round(state=RoundState.COLLECTING, algorithm=config.algorithm, config=config.model_dump(mode="json"),
                 base_version_id=base_version_id, continuous_remaining=remaining, created_at=now,
                 deadline_at=now + timedelta(seconds=config.deadline_s), metrics={})
     if dp_state is not None:  # left unset otherwise: SQL NULL, not a JSON null
@@ -71,7 +70,7 @@ async def get(session: AsyncSession, round_id: int, lock: bool = False) -> Round
 async def stop(session: AsyncSession, ctx: AppContext, actor: str, round_id: int) -> Round:
     """Close collection now: the driver aggregates if the quorum is met, else fails the round."""
     rnd = await get(session, round_id, lock=True)
-    if rnd.state != COLLECTING:
+    if rnd.state != RoundState.COLLECTING:
         raise InvalidRoundState(f"round {round_id} is {rnd.state}")
     rnd.stop_requested = True
     rnd.continuous_remaining = 0
@@ -83,10 +82,10 @@ async def cancel(session: AsyncSession, ctx: AppContext, actor: str, round_id: i
     """Abandon a round that has not committed. An aggregating one can be cancelled too, so that nothing a
     device sent can hold a round open: the aggregation's commit re-checks the state under the row lock."""
     rnd = await get(session, round_id, lock=True)
-    if rnd.state not in (COLLECTING, AGGREGATING):
+    if rnd.state not in (RoundState.COLLECTING, RoundState.AGGREGATING):
         raise InvalidRoundState(f"round {round_id} is {rnd.state}; only an active round can be cancelled")
     now = utcnow()
-    rnd.state, rnd.closed_at, rnd.finished_at, rnd.continuous_remaining = CANCELLED, now, now, 0
+    rnd.state, rnd.closed_at, rnd.finished_at, rnd.continuous_remaining = RoundState.CANCELLED, now, now, 0
     await AuditRepository(session).record(actor, "round.cancel", str(round_id))
     await ctx.state.cache_current_round(None)
     return rnd

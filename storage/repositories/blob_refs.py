@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import CompoundSelect, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fedface_common.wire import ACTIVE_ROUND_STATES
 from storage.models import ModelVersion, PartialAggregate, Round, Update
-from storage.repositories.rounds import ACTIVE_STATES
 
 
 class BlobReferenceRepository:
@@ -28,7 +28,8 @@ class BlobReferenceRepository:
             return set()
         keys = list(shas)
         retained_rounds = select(Round.id).where(or_(
-            Round.state.in_(ACTIVE_STATES), Round.finished_at.is_(None), Round.finished_at >= rounds_finished_before))
+            Round.state.in_(ACTIVE_ROUND_STATES), Round.finished_at.is_(None),
+            Round.finished_at >= rounds_finished_before))
         stmt: CompoundSelect[Any] = union(
             select(ModelVersion.blob_sha256.label("sha")).where(ModelVersion.blob_sha256.in_(keys)),
             select(ModelVersion.class_centres_sha256).where(ModelVersion.class_centres_sha256.in_(keys)),

@@ -7,9 +7,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fedface_common.wire import RoundState
 from storage.models import Device, Round
-
-COMMITTED = "committed"
 
 
 class PrivacyRepository:
@@ -19,12 +18,13 @@ class PrivacyRepository:
     async def committed_dp_rounds(self) -> list[tuple[int, dict[str, Any]]]:
         """(round id, dp_state) of every committed DP round, oldest first: what the accountant composes."""
         stmt = (select(Round.id, Round.dp_state)
-                .where(Round.state == COMMITTED, Round.dp_state.is_not(None)).order_by(Round.id))
+                .where(Round.state == RoundState.COMMITTED, Round.dp_state.is_not(None)).order_by(Round.id))
         return [(int(row.id), dict(row.dp_state)) for row in await self.session.execute(stmt)]
 
     async def committed_non_private_rounds(self) -> int:
         """Committed rounds without DP: their devices' updates were released with no noise."""
-        stmt = select(func.count()).select_from(Round).where(Round.state == COMMITTED, Round.dp_state.is_(None))
+        stmt = (select(func.count()).select_from(Round)
+                .where(Round.state == RoundState.COMMITTED, Round.dp_state.is_(None)))
         return int(await self.session.scalar(stmt) or 0)
 
     async def enrolled_population(self) -> int:

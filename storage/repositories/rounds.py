@@ -10,9 +10,8 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fedface_common.wire import ACTIVE_ROUND_STATES, RoundState
 from storage.models import Assignment, Device, Round, Update
-
-ACTIVE_STATES = ("collecting", "aggregating")
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ class RoundRepository:
         return [Participant(*row) for row in (await self.session.execute(stmt)).all()]
 
     async def active(self) -> Round | None:
-        stmt = select(Round).where(Round.state.in_(ACTIVE_STATES)).order_by(Round.id)
+        stmt = select(Round).where(Round.state.in_(ACTIVE_ROUND_STATES)).order_by(Round.id)
         return (await self.session.scalars(stmt)).first()
 
     async def in_states(self, states: Sequence[str]) -> Sequence[Round]:
@@ -145,7 +144,7 @@ class RoundRepository:
             select(Round.state, Round.stop_requested).where(Round.id == round_id).with_for_update(read=True)
         )
         row = (await self.session.execute(stmt)).first()
-        return row is not None and row.state == "collecting" and not row.stop_requested
+        return row is not None and row.state == RoundState.COLLECTING and not row.stop_requested
 
     async def assignment(self, round_id: int, device_id: uuid.UUID) -> Assignment | None:
         return await self.session.get(Assignment, (round_id, device_id))
@@ -180,6 +179,7 @@ async def device_has_task_for_version(session: AsyncSession, device_id: uuid.UUI
         select(func.count())
         .select_from(Assignment)
         .join(Round, Round.id == Assignment.round_id)
-        .where(Assignment.device_id == device_id, Round.base_version_id == version_id, Round.state == "collecting")
+        .where(Assignment.device_id == device_id, Round.base_version_id == version_id,
+               Round.state == RoundState.COLLECTING)
     )
     return bool(await session.scalar(stmt))

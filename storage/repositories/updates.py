@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fedface_common.wire import RoundState
 from storage.models import Round, Update
 
 
@@ -51,7 +52,8 @@ class UpdateRepository:
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
         still_open = (
             select(Round.id)
-            .where(Round.id == values["round_id"], Round.state == "collecting", Round.stop_requested.is_(False))
+            .where(Round.id == values["round_id"], Round.state == RoundState.COLLECTING,
+                   Round.stop_requested.is_(False))
             .with_for_update(read=True)
         )
         columns = list(values)
