@@ -11,7 +11,7 @@ from coordinator.routes.blobs import blob_response
 from coordinator.routes.bounded import BoundedJsonRoute
 from coordinator.routes.deadline import upload_deadline
 from coordinator.routes.params import RowId
-from coordinator.routes.problems import ADMIN_ERRORS
+from coordinator.routes.problems import ADMIN_ERRORS, problem_responses
 from coordinator.schemas import (
     AuditOut,
     BlobGcReport,
@@ -54,7 +54,8 @@ def _device_out(d: Device) -> DeviceOut:
 
 
 # Models ---------------------------------------------------------------------------
-@router.post("/models", response_model=ModelVersionOut, status_code=201, openapi_extra=_BINARY_BODY)
+@router.post("/models", response_model=ModelVersionOut, status_code=201, openapi_extra=_BINARY_BODY,
+             responses=problem_responses(408))
 async def register_model(request: Request, admin: CurrentAdmin, session: Session, ctx: Ctx,
                          note: PlainText | None = Query(default=None, max_length=256),
                          serve: bool = Query(default=False, description="Serve it at once")) -> ModelVersionOut:
@@ -86,7 +87,8 @@ async def download_model(version_id: RowId, request: Request, admin: CurrentAdmi
                                request.headers.get("if-none-match"))
 
 
-@router.put("/models/{version_id}/class-centres", response_model=ModelVersionOut, openapi_extra=_BINARY_BODY)
+@router.put("/models/{version_id}/class-centres", response_model=ModelVersionOut, openapi_extra=_BINARY_BODY,
+            responses=problem_responses(408))
 async def attach_class_centres(version_id: RowId, request: Request, admin: CurrentAdmin, session: Session,
                                ctx: Ctx) -> ModelVersionOut:
     async with upload_deadline(ctx):

@@ -9,7 +9,7 @@ from coordinator.routes.blobs import blob_response
 from coordinator.routes.bounded import BoundedJsonRoute
 from coordinator.routes.deadline import upload_deadline
 from coordinator.routes.params import RowId
-from coordinator.routes.problems import DEVICE_ERRORS
+from coordinator.routes.problems import DEVICE_ERRORS, problem_responses
 from coordinator.services import checkin as checkin_service
 from coordinator.services import downloads, intake
 from coordinator.services import enrollment as enrollment_service
@@ -49,7 +49,7 @@ async def class_centres(round_id: RowId, request: Request, device: CurrentDevice
     return await blob_response(ctx, blob, request.headers.get("if-none-match"))
 
 
-@router.post("/rounds/{round_id}/update", response_model=SubmitResponse,
+@router.post("/rounds/{round_id}/update", response_model=SubmitResponse, responses=problem_responses(408),
              openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
                  "schema": {"type": "string", "format": "binary"}}}}})
 async def submit_update(round_id: RowId, request: Request, device: CurrentDevice, session: Session,

@@ -17,6 +17,7 @@ _DESCRIPTIONS = {
     401: "Missing or invalid credentials",
     403: "Not allowed for this credential (revoked, not selected, not in the device's task)",
     404: "No such resource",
+    408: "The upload did not finish within the coordinator's max_upload_s (`upload_timeout`)",
     409: "Conflicts with the current state (round closed or active, stale base version, duplicate submission)",
     413: "The body exceeds its configured limit",
     422: "The request or its body is invalid (`validation_error` lists where and why)",
