@@ -51,7 +51,7 @@ def recentre(model_path: Path, data: Path, out: Path, lda_dims: int | None = Non
         moments = (embedding_stat_deltas(model, photos, batch_size=256) if lda_dims is None
                    else discriminant_moments(model, photos, 256, lda_mirror))
         strategy.fold(acc, uuid.uuid4(), moments, len(photos))
-    load_numpy_state(model, strategy.aggregate_weights(model_to_numpy(model), acc))  # type: ignore[attr-defined]
+    load_numpy_state(model, strategy.aggregate_weights(model_to_numpy(model), acc))
     return save_model(out, model.eval(), manifest)
 
 

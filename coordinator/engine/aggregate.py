@@ -108,7 +108,7 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
         strategy = make_strategy(rnd.algorithm, rnd.config.get("params"))
         dim = model_service.embedding_dim(base)
         current_w = await ClassEmbeddingRepository(session).all(dim) if strategy.uses_class_embeddings and dim else {}
-        expected = strategy.update_spec(model_service.tensor_spec(base), dim)
+        expected = model_service.update_spec(strategy, base)
         base_sha, base_manifest, algorithm = base.blob_sha256, base.manifest, rnd.algorithm
         config = RoundConfig.model_validate(rnd.config)
 

@@ -95,7 +95,7 @@ class PartialFolder:
                 return 0
             base = await model_service.get(session, rnd.base_version_id)
             strategy = make_strategy(rnd.algorithm, rnd.config.get("params"))
-            expected = strategy.update_spec(model_service.tensor_spec(base), model_service.embedding_dim(base))
+            expected = model_service.update_spec(strategy, base)
             round_id = rnd.id
         robust = strategy.params.robust
         if not robust.streaming:

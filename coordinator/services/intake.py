@@ -113,7 +113,7 @@ async def _expected_spec(session: AsyncSession, ctx: AppContext, rnd: Round) -> 
     if spec is None:
         version = await model_service.get(session, rnd.base_version_id)
         strategy = make_strategy(rnd.algorithm, rnd.config.get("params"))
-        f32 = strategy.update_spec(model_service.tensor_spec(version), model_service.embedding_dim(version))
+        f32 = model_service.update_spec(strategy, version)
         encoding = strategy.update_encoding
         spec = RoundUpdateSpec(f32=f32, wire=wire_spec(f32, encoding), encoding=encoding)
         if len(ctx.update_specs) > 32:

@@ -23,7 +23,8 @@ from coordinator.errors import (
     TensorSpecMismatch,
 )
 from coordinator.services.uploads import receive, validate_staged_async
-from fedface_common.tensors import TensorInfo, spec_to_json
+from coordinator.strategies import Strategy
+from fedface_common.tensors import TensorInfo, TensorSpec, spec_to_json
 from fedface_common.text import control_character_in_tree
 from fedface_common.wire import CLASS_CENTRES_TENSOR, MANIFEST_METADATA_KEY
 from storage.db import utcnow
@@ -167,3 +168,8 @@ def embedding_dim(version: ModelVersion) -> int | None:
 
 def tensor_spec(version: ModelVersion) -> dict[str, TensorInfo]:
     return {name: TensorInfo.from_json(info) for name, info in version.tensor_spec.items()}
+
+
+def update_spec(strategy: Strategy, version: ModelVersion) -> TensorSpec:
+    """What each update of a round training `version` with `strategy` holds (its F32 deltas)."""
+    return strategy.update_spec(tensor_spec(version), embedding_dim(version))

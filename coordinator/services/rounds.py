@@ -48,7 +48,7 @@ async def start(session: AsyncSession, ctx: AppContext, actor: str, config: Roun
     if strategy.ships_class_centres and version.class_centres_sha256 is None:
         raise InvalidConfig(f"{config.algorithm} needs class centres attached to model version {served}")
     try:  # what the updates must hold depends on the model too (e.g. embedding_lda_dims <= its width)
-        strategy.wire_spec(model_service.tensor_spec(version), model_service.embedding_dim(version))
+        model_service.update_spec(strategy, version)
     except ValueError as exc:
         raise InvalidConfig(f"{config.algorithm} cannot train model version {served}: {exc}") from exc
     rounds = RoundRepository(session)

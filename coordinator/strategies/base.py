@@ -196,6 +196,10 @@ class Strategy(ABC):
             second_moment = second_moment - shift * shift
         return np.maximum(second_moment, 0.0)  # a bad device must not make the model NaN
 
+    def aggregate_weights(self, base: Mapping[str, np.ndarray], acc: Accumulator) -> dict[str, np.ndarray]:
+        """The new weights from the folded updates (the mean delta applied; strategies may add a step)."""
+        return self.apply_mean_delta(base, acc)
+
     @abstractmethod
     def finalize(
         self, base: Mapping[str, np.ndarray], acc: Accumulator, class_embeddings: Mapping[uuid.UUID, np.ndarray]
