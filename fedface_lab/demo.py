@@ -53,12 +53,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, object]:
                       f"{r.mean_loss_before or 0:.4f} -> {r.mean_loss_after or 0:.4f}, W mean cos "
                       f"{m.get('w_mean_offdiag_cos_after_spreadout', float('nan')):.4f}, {r.seconds:.1f} s")
 
+    def on_serving(url: str, token: str) -> None:
+        # The coordinator lives as long as the rounds run: its console shows them as they happen.
+        console.print(f"operator console: [bold]{url}/console[/bold] (open it while the rounds run); "
+                      f"sign in with the admin token [bold]{token}[/bold]", soft_wrap=True)
+
     sim = run_simulation(
         SimulationConfig(model=model, data_root=cfg.data, work_dir=cfg.work_dir, algorithm="fedface",
                          devices=cfg.devices, per_round=cfg.per_round, rounds=cfg.rounds, concurrency=2,
                          local_epochs=plan.local_epochs, batch_size=plan.batch_size, learning_rate=plan.lr,
                          params=resnet_params(cfg.devices)["fedface"]),
-        evaluator, on_round=on_round,
+        evaluator, on_round=on_round, on_serving=on_serving,
     )
     after = sim["history"][-1]["eval"]
 

@@ -219,8 +219,10 @@ def choose_clients(data_root: Path, devices: int, seed: int) -> list[tuple[str, 
 
 def run_simulation(cfg: SimulationConfig, evaluate: Evaluator | None = None,
                    on_round: Callable[[RoundRecord], None] | None = None,
-                   on_enroll: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run `cfg.rounds` rounds; evaluate every `eval_every` rounds and at the end when `evaluate` is given."""
+                   on_enroll: Callable[[int], None] | None = None,
+                   on_serving: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Run `cfg.rounds` rounds; evaluate every `eval_every` rounds and at the end when `evaluate` is given.
+    `on_serving` gets the coordinator's URL and admin token once it answers (the demo shows its console)."""
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     # Device credentials from an earlier run belong to that run's coordinator state.
     shutil.rmtree(cfg.work_dir / "devices", ignore_errors=True)
@@ -228,6 +230,8 @@ def run_simulation(cfg: SimulationConfig, evaluate: Evaluator | None = None,
     torch.set_num_threads(threads)
     started = time.perf_counter()
     with coordinator(cfg.work_dir) as (url, token, backend), AdminClient(url, token) as admin:
+        if on_serving:
+            on_serving(url, token)
         sim = Simulation(cfg, url, admin)
         version = sim.publish_model()
         sim.enroll(on_enroll)

@@ -14,10 +14,11 @@ from starlette.datastructures import UploadFile
 
 from coordinator.console.auth import CONSOLE, PageSession
 from coordinator.console.forms import ACTOR, CsrfForm, UploadForm, note
-from coordinator.console.web import ConsoleRoute, render, see_other
+from coordinator.console.web import ACTIVE_STATES, ConsoleRoute, render, see_other
 from coordinator.deps import Ctx
 from coordinator.deps import Session as Db
 from coordinator.errors import InvalidConfig
+from coordinator.routes.deadline import upload_deadline
 from coordinator.routes.params import RowId
 from coordinator.services import models as model_service
 from coordinator.services import round_report
@@ -60,8 +61,7 @@ def lineage_rows(versions: Sequence[ModelVersion]) -> list[TreeRow]:
 async def models_page(request: Request, session: PageSession, db: Db, ctx: Ctx) -> Response:
     versions, served = await model_service.list_versions(db)
     current = await round_service.current(db, ctx)
-    running = current if current is not None and current.state in (round_service.COLLECTING,
-                                                                     round_service.AGGREGATING) else None
+    running = current if current is not None and current.state in ACTIVE_STATES else None
     return render(request, "models.html", session, rows=lineage_rows(versions), served=served, running=running)
 
 
@@ -112,8 +112,9 @@ async def register(session: PageSession, form: UploadForm, db: Db, ctx: Ctx) -> 
             raise InvalidConfig("choose a model file (safetensors) to upload")
         if form.get("confirm") != "yes":
             raise InvalidConfig("tick the confirmation to register the model")
-        await model_service.register(db, ctx, ACTOR, _chunks(upload), str(upload.size) if upload.size else None,
-                                     note(form), form.get("serve") == "yes")
+        async with upload_deadline(ctx):
+            await model_service.register(db, ctx, ACTOR, _chunks(upload), str(upload.size) if upload.size else None,
+                                         note(form), form.get("serve") == "yes")
     finally:
         await form.close()
     return see_other(f"{CONSOLE}/models")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.console.auth import CONSOLE, FragmentSession, PageSession
-from coordinator.console.web import ConsoleRoute, render
+from coordinator.console.web import ACTIVE_STATES, ConsoleRoute, render
 from coordinator.context import AppContext
 from coordinator.deps import Ctx
 from coordinator.deps import Session as Db
@@ -26,7 +26,7 @@ async def _live(db: AsyncSession, ctx: AppContext) -> dict[str, Any]:
         "current": await round_service.current(db, ctx),
         "devices": await fleet.device_counts(db),
         "coordinators": await fleet.coordinators(ctx),
-        "active_states": (round_service.COLLECTING, round_service.AGGREGATING),
+        "active_states": ACTIVE_STATES,
     }
 
 

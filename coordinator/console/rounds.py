@@ -10,10 +10,11 @@ from fastapi import APIRouter, Query, Request, Response
 from coordinator.console import charts
 from coordinator.console.auth import CONSOLE, FragmentSession, PageSession
 from coordinator.console.forms import ACTOR, CsrfForm, default_round_values, round_config
-from coordinator.console.web import ConsoleRoute, render, see_other
+from coordinator.console.web import ACTIVE_STATES, ROUND_STATES, ConsoleRoute, render, see_other
 from coordinator.deps import Ctx
 from coordinator.deps import Session as Db
 from coordinator.routes.params import RowId
+from coordinator.schemas import RoundConfig
 from coordinator.services import round_report
 from coordinator.services import rounds as round_service
 from coordinator.services.round_report import RoundReport
@@ -21,8 +22,6 @@ from coordinator.strategies.registry import STRATEGIES
 
 router = APIRouter(prefix=CONSOLE, route_class=ConsoleRoute)
 PAGE = 50
-STATES = (round_service.COLLECTING, round_service.AGGREGATING, round_service.COMMITTED, round_service.FAILED,
-          round_service.CANCELLED)
 Filter = Annotated[str | None, Query(max_length=32)]
 
 
@@ -31,7 +30,7 @@ async def rounds_page(request: Request, session: PageSession, db: Db, ctx: Ctx, 
                       algorithm: Filter = None, before: Annotated[int | None, Query(ge=1)] = None) -> Response:
     rows, next_before = await round_service.page(db, ctx, state or None, algorithm or None, before, PAGE)
     return render(request, "rounds.html", session, rounds=rows, next_before=next_before, state=state or "",
-                  algorithm=algorithm or "", states=STATES, algorithms=await round_service.algorithms(db))
+                  algorithm=algorithm or "", states=ROUND_STATES, algorithms=await round_service.algorithms(db))
 
 
 def _plots(report: RoundReport) -> dict[str, Any]:
@@ -42,7 +41,7 @@ def _plots(report: RoundReport) -> dict[str, Any]:
                                "client loss before and after", diagonal=True),
         "arrivals": charts.line_chart([charts.Series("accepted updates", arrivals)], "seconds after the start",
                                       "updates accepted", "accepted updates over time", markers=False,
-                                      y_from_zero=True),
+                                      y_from_zero=True, width=360),
         "sizes": charts.histogram([float(s) for s in report.sizes], "bytes received per update",
                                   "bytes received"),
         "norms": charts.histogram(report.delta_norms, "L2 norm of the update (before clipping)",
@@ -74,16 +73,20 @@ async def round_page(request: Request, round_id: RowId, session: PageSession, db
                      after: Annotated[uuid.UUID | None, Query()] = None) -> Response:
     report = await round_report.report(db, ctx, round_id)
     participants, next_after = await round_report.participants(db, round_id, after, PAGE)
-    return render(request, "round.html", session, r=report.round, report=report, plots=_plots(report),
+    # JSONB keeps keys in its own order; show them in RoundConfig's, as the start form does.
+    known = [k for k in RoundConfig.model_fields if k in report.round.config and k != "params"]
+    config = [(k, report.round.config[k]) for k in known] + sorted(
+        (k, v) for k, v in report.round.config.items() if k not in known and k != "params")
+    return render(request, "round.html", session, r=report.round, report=report, plots=_plots(report), config=config,
                   participants=participants, next_after=next_after,
-                  active=report.round.state in (round_service.COLLECTING, round_service.AGGREGATING))
+                  active=report.round.state in ACTIVE_STATES)
 
 
 @router.get("/fragments/rounds/{round_id}")
 async def round_fragment(request: Request, round_id: RowId, session: FragmentSession, db: Db, ctx: Ctx) -> Response:
     rnd = await round_service.describe(db, ctx, await round_service.get(db, round_id))
     return render(request, "round_progress.html", session, r=rnd,
-                  active=rnd.state in (round_service.COLLECTING, round_service.AGGREGATING))
+                  active=rnd.state in ACTIVE_STATES)
 
 
 _ACTIONS = {

@@ -25,6 +25,9 @@ DASH = "\u2013"  # what a table shows for a value not recorded
 # No inline script or style anywhere: charts are SVG with presentation attributes, behaviour is console.js.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
+# A round's states as the admin API names them (RoundOut.state); the first two are a running round.
+ROUND_STATES = ("collecting", "aggregating", "committed", "failed", "cancelled")
+ACTIVE_STATES = ROUND_STATES[:2]
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
