@@ -123,7 +123,8 @@ class BlobGcReport(BaseModel):
     blobs_scanned: int
     blobs_young: int = Field(description="Younger than the grace period: kept whether referenced or not")
     blobs_referenced: int = Field(description="Old enough, but still referenced: kept")
-    blobs_recommitted: int = Field(description="Unreferenced when listed, committed again since: kept")
+    blobs_recommitted: int = Field(
+        description="Unreferenced when listed, but committed again (or removed by another pass) before removal")
     blobs_removed: list[CollectedObject]
     staging_removed: list[CollectedObject]
     bytes_removed: int

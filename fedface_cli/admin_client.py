@@ -184,6 +184,8 @@ class AdminClient:
         return result
 
     # Blob store -------------------------------------------------------------------------
-    def gc_blobs(self, dry_run: bool = False) -> JSON:
-        result: JSON = self._json("POST", f"{ADMIN}/blobs/gc", params={"dry_run": str(dry_run).lower()})
+    def gc_blobs(self, dry_run: bool = False, timeout_s: float = 900.0) -> JSON:
+        # A first pass over a large S3 bucket removes each object with its own requests: minutes, not seconds.
+        result: JSON = self._json("POST", f"{ADMIN}/blobs/gc", params={"dry_run": str(dry_run).lower()},
+                                  timeout=timeout_s)
         return result

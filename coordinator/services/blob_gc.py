@@ -75,8 +75,8 @@ async def _unreferenced(sessions: async_sessionmaker[AsyncSession], old: Sequenc
 
 async def collect(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, policy: GcPolicy,
                   now: datetime | None = None, dry_run: bool = False) -> BlobGcReport:
-    """One pass. NOW is injectable (tests age blobs by moving the clock); it must never run behind
-    the real clock in service, since the safety argument above counts from it."""
+    """One pass. NOW is injectable so that tests can age everything at once; in service it is the
+    real clock, which the argument above counts from (a clock running ahead would take young blobs)."""
     now = now or utcnow()
     cutoff = now - timedelta(seconds=policy.grace_s)
     listed = [b async for b in blobs.list_blobs()]  # before the references are read: see the module's docstring
