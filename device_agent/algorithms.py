@@ -35,25 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from device_agent.embedding_stats import discriminant_moments, embedding_stat_deltas
+from fedface_common.client_params import PositiveLossClientParams, PrivateClientParams, parse_client_params
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR, TrainingConfig
 
 DeviceChoice = Literal["auto", "cpu", "cuda", "mps"]
 POSITIVE_ALGORITHMS = frozenset({"fedface", "fedavg"})
 PRIVATE_ALGORITHM = "fedface-private"
 SUPPORTED_ALGORITHMS = POSITIVE_ALGORITHMS | {PRIVATE_ALGORITHM}
-DEFAULT_MARGIN = 0.9
-# The device's lr for w_c relative to the backbone's (params["wc_lr_scale"]).
-DEFAULT_WC_LR_SCALE = 1.0
-DEFAULT_K_NEGATIVES = 64
-DEFAULT_SCALE = 32.0
-DEFAULT_COSFACE_MARGIN = 0.35
-# Weight of fedface-private's anchor to the public centres (see Objective); 0 disables it.
-DEFAULT_ANCHOR = 0.0
-# Gradient-norm clip per step (override with params["max_grad_norm"]; <= 0 disables).
-# A few photos of one person should nudge the shared backbone, not throw it: with
-# frozen BN statistics that do not match the activations (an untrained or
-# mismatched model) a single unclipped step can move weights by O(1).
-DEFAULT_MAX_GRAD_NORM = 5.0
 _FLOAT_KINDS = ("f",)
 
 # Called after every optimiser step with (epoch, batch index, batches per epoch).
@@ -210,26 +198,21 @@ class Objective:
     """The round's loss as a function of features and w_c (negatives fixed for the round)."""
 
     def __init__(self, cfg: TrainingConfig, w_c: torch.Tensor, centres: torch.Tensor | None) -> None:
-        params = cfg.params
+        params = parse_client_params(cfg.algorithm, cfg.params)
         self.algorithm = cfg.algorithm
-        if cfg.algorithm in POSITIVE_ALGORITHMS:
-            self.margin = float(params.get("margin", DEFAULT_MARGIN))
+        if isinstance(params, PositiveLossClientParams):
+            self.margin = params.margin
             self.negatives: torch.Tensor | None = None
-        elif cfg.algorithm == PRIVATE_ALGORITHM:
+        elif isinstance(params, PrivateClientParams):
             if centres is None or centres.ndim != 2 or centres.shape[1] != w_c.shape[0]:
                 raise ValueError(f"{PRIVATE_ALGORITHM} needs class centres of shape (C, {w_c.shape[0]})")
-            k = int(params.get("k_negatives", DEFAULT_K_NEGATIVES))
+            k = params.k_negatives
             # Chosen once, from w_c at the start of the round: the hardest public
             # identities for this person, which carry the most signal per step.
             self.negatives = centres[nearest_centres(w_c, centres, k)].detach()
-            self.scale = float(params.get("scale", DEFAULT_SCALE))
-            self.margin = float(params.get("cosface_margin", DEFAULT_COSFACE_MARGIN))
-            # Every device pushes its faces away from the same public centres, so the
-            # cheapest way down the loss is one shift shared by all faces, which the
-            # server's average then compounds (the identities bunch up). The anchor
-            # keeps each photo's cosines to all public centres where the round found
-            # them: the features may tighten around w_c, not drift as a whole.
-            self.anchor = float(params.get("anchor", DEFAULT_ANCHOR))
+            self.scale = params.scale
+            self.margin = params.cosface_margin
+            self.anchor = params.anchor  # see PrivateClientParams.anchor
             self.centres = F.normalize(centres.detach(), dim=1)
         else:
             raise UnsupportedAlgorithm(f"this agent cannot train {cfg.algorithm!r}")
@@ -295,21 +278,23 @@ def train_local(
         with torch.no_grad():
             return float(objective(embed(model, x, cfg.batch_size), w_c.detach(), everything))
 
+    params = parse_client_params(cfg.algorithm, cfg.params)
+    positive = params if isinstance(params, PositiveLossClientParams) else None
     loss_before = full_loss()
     # Measured on the model as received, so the server's mean is the statistics of one model.
-    stat_deltas = embedding_stat_deltas(model, x, cfg.batch_size) if cfg.params.get("embedding_stats") else {}
+    stat_deltas = embedding_stat_deltas(model, x, cfg.batch_size) if positive and positive.embedding_stats else {}
     # Not model tensors: the discriminant's moments ride beside the deltas (see embedding_stats.py).
-    scatter = (discriminant_moments(model, x, cfg.batch_size, bool(cfg.params.get("embedding_lda_mirror")))
-               if cfg.params.get("embedding_lda_dims") is not None else {})
-    backbone = trainable_parameters(model, cfg.params.get("frozen") or [])
+    scatter = (discriminant_moments(model, x, cfg.batch_size, positive.embedding_lda_mirror)
+               if positive and positive.embedding_lda_dims is not None else {})
+    backbone = trainable_parameters(model, params.frozen)
     # No weight decay on w_c: the loss only sees its direction, so decay would
     # merely shrink its norm and silently raise its effective learning rate.
-    wc_lr = cfg.learning_rate * float(cfg.params.get("wc_lr_scale", DEFAULT_WC_LR_SCALE))
+    wc_lr = cfg.learning_rate * (positive.wc_lr_scale if positive else 1.0)
     optimizer = _optimizer([{"params": backbone, "weight_decay": cfg.weight_decay},
                             {"params": [w_c], "weight_decay": 0.0, "lr": wc_lr}], cfg)
     generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
     n, bs = len(x), cfg.batch_size
-    max_grad_norm = float(cfg.params.get("max_grad_norm", DEFAULT_MAX_GRAD_NORM))
+    max_grad_norm = params.max_grad_norm
     batches = math.ceil(n / bs)
     steps = 0
     freeze_batchnorm(model)

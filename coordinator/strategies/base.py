@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from coordinator.strategies.dp_params import DpParams
 from coordinator.strategies.robust_params import RobustParams
+from fedface_common.client_params import CLIENT_PARAMS, ClientParams
+from fedface_common.secagg.task import SecAggSettings
 from fedface_common.tensors import TensorInfo, TensorSpec
-from fedface_common.update_codec import DEFAULT_ENCODING, Encoding, wire_spec
+from fedface_common.update_codec import Encoding, wire_spec
 from fedface_common.wire import CLASS_EMBEDDING_TENSOR, EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR
 
 
@@ -25,7 +27,9 @@ class StrategyConfigError(ValueError):
     pass
 
 
-class StrategyParams(BaseModel):
+class StrategyParams(ClientParams):
+    """The devices' settings (fedface_common.client_params) and what only the server reads."""
+
     model_config = ConfigDict(extra="forbid")
 
     server_lr: float = Field(
@@ -39,16 +43,15 @@ class StrategyParams(BaseModel):
         description="What one device's update can weigh: norm bound, sample cap, mean or order statistic"
         " (coordinator/strategies/robust.py); on by default",
     )
-    update_encoding: Encoding = Field(
-        default=DEFAULT_ENCODING,
-        description="How devices send their backbone deltas: float32 (exact), float16 (half the bytes) or int8"
-        " (a quarter: symmetric per-tensor quantisation, each value within half a step). Class embeddings and"
-        " moments stay float32 (fedface_common/update_codec.py)",
-    )
     dp: DpParams | None = Field(
         default=None,
         description="Differential privacy (DP-FedAvg: per-device clipping, unit weights, Gaussian noise on the"
         " sum; coordinator/strategies/dp.py); off when absent",
+    )
+    secagg: SecAggSettings | None = Field(
+        default=None,
+        description="Secure aggregation (SecAgg+): the server learns only the sum of the devices' clipped"
+        " updates (coordinator/services/secagg/); off when absent",
     )
 
     @model_validator(mode="after")
@@ -56,6 +59,13 @@ class StrategyParams(BaseModel):
         if self.dp is not None and not self.robust.streaming:
             raise ValueError("dp protects the mean of clipped updates: robust.aggregation must be 'mean' (a trimmed"
                              " mean or median reads individual updates, which the noise does not cover)")
+        if self.secagg is not None and self.secagg.enabled and not self.robust.streaming:
+            raise ValueError("secagg hides each update: robust.aggregation must be 'mean' (an order statistic"
+                             " reads individual updates)")
+        if self.secagg is not None and self.secagg.enabled and self.dp is not None:
+            # The adaptive clip counts clipped updates, which the server cannot see under secagg.
+            if isinstance(self.dp.clip, str) or self.secagg.clip_norm > self.dp.clip:
+                raise ValueError("with secagg, dp needs a fixed clip and secagg.clip_norm <= dp.clip")
         return self
 
 
@@ -119,11 +129,21 @@ class Strategy(ABC):
                 f"{self.name} cannot run with dp: its server step reads each device's own class embedding (a row"
                 " of W per device), which no noise on the sum protects; use fedface-private (W stays on the"
                 " devices) or fedavg-plain")
+        if self.secure and (self.uses_class_embeddings or getattr(self.params, "embedding_stats", False)):
+            raise StrategyConfigError(
+                f"{self.name} cannot run with secagg: its server step reads each device's own values (a row of W"
+                " per device), which secure aggregation hides; use fedface-private or fedavg-plain")
+
+    @property
+    def secure(self) -> bool:
+        """Whether the round's updates are summed under secure aggregation."""
+        return self.params.secagg is not None and self.params.secagg.enabled
 
     # Round configuration -------------------------------------------------------
     def client_params(self) -> dict[str, Any]:
-        """Algorithm settings the devices need (they go into the task's training config)."""
-        return self.params.model_dump(exclude={"server_lr", "robust", "dp"})  # central DP: devices need nothing
+        """Algorithm settings the devices need (they go into the task's training config): exactly the fields of
+        the algorithm's client model, which the agent parses with the same model."""
+        return self.params.model_dump(include=set(CLIENT_PARAMS.get(self.name, ClientParams).model_fields))
 
     def update_spec(self, model_spec: TensorSpec, embedding_dim: int | None) -> TensorSpec:
         """What a device's update must contain: an F32 delta per float tensor of

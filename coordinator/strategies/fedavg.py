@@ -8,56 +8,26 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field, StringConstraints
+from pydantic import Field
 
 from coordinator.strategies.base import Accumulator, AggregationResult, Strategy, StrategyParams
 from coordinator.strategies.collapse import mean_offdiagonal_cosine, normalise_rows
 from coordinator.strategies.discriminant import discriminant_transform, fold_into_embedding
+from fedface_common.client_params import PositiveLossClientParams
 from fedface_common.tensors import TensorInfo, TensorSpec
 from fedface_common.wire import EMBEDDING_PROJECTION, HEAD_MEAN, HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER
 
-FrozenPrefixes = list[Annotated[str, StringConstraints(min_length=1, max_length=200)]]
 
+class PositiveLossParams(StrategyParams, PositiveLossClientParams):
+    """The positive-only loss (FedAwS/FedFace): the devices' settings, and the discriminant's shrinkage."""
 
-def frozen_field() -> Any:
-    """The `frozen` parameter, the same for every strategy whose devices train a backbone."""
-    return Field(default_factory=list, max_length=64,
-                 description="Model parameters the devices must not train, by name prefix (e.g. stem.)")
-
-
-class PositiveLossParams(StrategyParams):
-    """Client-side settings of the positive-only loss (FedAwS/FedFace)."""
-
-    margin: float = Field(default=0.9, ge=-1, le=1, description="m in max(0, m - cos(f(x), w_c))^2")
-    wc_lr_scale: float = Field(
-        default=1.0, ge=0, le=100,
-        description="The device's learning rate for its own w_c, as a multiple of the backbone's (0 freezes w_c"
-        " on the device, so the backbone alone moves the features toward the server's spread-out target)",
-    )
-    embedding_stats: bool = Field(
-        default=False,
-        description="Devices report their photos' moments at the embedding BatchNorm and the server takes their"
-        " sample-weighted mean as its running statistics: the embedding is re-centred on the devices' faces",
-    )
-    embedding_lda_dims: int | None = Field(
-        default=None, ge=1, le=1024,
-        description="Devices also report the moments of the features entering the embedding projection,"
-        " within-person scatter included, and the server replaces the projection and the embedding BN by the"
-        " linear discriminant of the identities, keeping this many dimensions (strategies/discriminant.py)",
-    )
     embedding_lda_shrinkage: float = Field(
         default=0.1, ge=0, le=100,
         description="Multiple of the within-class scatter's mean eigenvalue added to its diagonal before LDA",
     )
-    embedding_lda_mirror: bool = Field(
-        default=False,
-        description="Devices measure the discriminant's moments on each photo and its left-right mirror image:"
-        " twice the evidence of how their owner's face varies, for one more forward pass",
-    )
-    frozen: FrozenPrefixes = frozen_field()
 
 
 class FedAvgStrategy(Strategy):

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field
 
 from coordinator.strategies.base import Accumulator, AggregationResult, StrategyParams
 from coordinator.strategies.collapse import mean_offdiagonal_cosine
-from coordinator.strategies.fedavg import FedAvgStrategy, FrozenPrefixes, PositiveLossParams, frozen_field
+from coordinator.strategies.fedavg import FedAvgStrategy, PositiveLossParams
 from coordinator.strategies.plain import PlainFedAvgStrategy
 from coordinator.strategies.spreadout import spreadout_loss, spreadout_steps
+from fedface_common.client_params import PrivateClientParams
 
 
 class FedFaceParams(PositiveLossParams):
@@ -29,12 +30,6 @@ class FedFaceParams(PositiveLossParams):
 class FedFaceStrategy(FedAvgStrategy):
     name: ClassVar[str] = "fedface"
     Params = FedFaceParams
-
-    def client_params(self) -> dict[str, Any]:
-        p: FedFaceParams = self.params  # type: ignore[assignment]
-        return {"margin": p.margin, "wc_lr_scale": p.wc_lr_scale, "frozen": p.frozen,
-                "embedding_stats": p.embedding_stats, "embedding_lda_dims": p.embedding_lda_dims,
-                "embedding_lda_mirror": p.embedding_lda_mirror, "update_encoding": p.update_encoding}
 
     def finalize(
         self, base: Mapping[str, np.ndarray], acc: Accumulator, class_embeddings: Mapping[uuid.UUID, np.ndarray]
@@ -61,15 +56,8 @@ class FedFaceStrategy(FedAvgStrategy):
         return AggregationResult(weights=weights, class_embeddings=new_rows, metrics=metrics)
 
 
-class PrivateParams(StrategyParams):
+class PrivateParams(StrategyParams, PrivateClientParams):
     """Client-side CosFace over the device's own w_c and its nearest public centres."""
-
-    k_negatives: int = Field(default=64, ge=1, le=100_000)
-    scale: float = Field(default=32.0, gt=0, le=128)
-    cosface_margin: float = Field(default=0.35, ge=0, le=1)
-    anchor: float = Field(default=0.0, ge=0, le=10_000,
-                          description="Weight of the photos' start-of-round cosines to all public centres")
-    frozen: FrozenPrefixes = frozen_field()
 
 
 class FedFacePrivateStrategy(PlainFedAvgStrategy):

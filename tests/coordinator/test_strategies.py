@@ -171,7 +171,8 @@ def test_fedface_sends_the_devices_their_loss_settings_and_nothing_server_side()
     params = make_strategy("fedface", {"margin": 0.7, "wc_lr_scale": 0, "frozen": ["bn_embedding.bias"],
                                        "embedding_stats": True, "server_lr": 2}).client_params()
     assert params == {"margin": 0.7, "wc_lr_scale": 0.0, "frozen": ["bn_embedding.bias"], "embedding_stats": True,
-                      "embedding_lda_dims": None, "embedding_lda_mirror": False, "update_encoding": "float32"}
+                      "embedding_lda_dims": None, "embedding_lda_mirror": False, "update_encoding": "float32",
+                      "max_grad_norm": 5.0}
 
 
 @pytest.mark.parametrize(("bad", "field"), [
