@@ -7,7 +7,12 @@ from pydantic import ValidationError
 
 from coordinator.strategies import STRATEGIES, make_strategy
 from coordinator.strategies.base import StrategyConfigError
-from fedface_common.client_params import CLIENT_PARAMS, PrivateClientParams, parse_client_params
+from fedface_common.client_params import (
+    CLIENT_PARAMS,
+    PositiveLossClientParams,
+    PrivateClientParams,
+    parse_client_params,
+)
 
 
 @pytest.mark.parametrize("algorithm", sorted(STRATEGIES))
@@ -21,6 +26,7 @@ def test_the_server_sends_exactly_the_client_model_with_its_defaults(algorithm: 
 def test_a_documented_device_setting_can_be_set_per_round() -> None:
     sent = make_strategy("fedface", {"max_grad_norm": 0.5, "margin": 0.8}).client_params()
     params = parse_client_params("fedface", sent)
+    assert isinstance(params, PositiveLossClientParams)
     assert params.max_grad_norm == 0.5 and params.margin == 0.8
 
 
