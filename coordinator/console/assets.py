@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from coordinator.console.auth import CONSOLE
+from coordinator.console.auth import CONSOLE, refuse_device_credential
 from coordinator.console.web import ConsoleRoute
 from coordinator.errors import NotFound
 
@@ -18,7 +18,8 @@ _FILES = {p.name: (p.read_bytes(), TYPES[p.suffix]) for p in STATIC.iterdir() if
 
 
 @router.get("/static/{name}")
-async def asset(name: str) -> Response:
+async def asset(name: str, request: Request) -> Response:
+    refuse_device_credential(request)
     # Only the names listed at start-up, so no path can reach outside the folder.
     found = _FILES.get(name)
     if found is None:

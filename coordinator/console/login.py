@@ -38,6 +38,7 @@ def _login_page(request: Request, ctx: Ctx, target: str, error: str | None, stat
 
 @router.get("/login")
 async def login_page(request: Request, ctx: Ctx, next: str | None = None) -> Response:
+    auth.refuse_device_credential(request)
     if await auth.current_session(request, ctx) is not None:
         return see_other(_safe_next(next))
     return _login_page(request, ctx, _safe_next(next), None)

@@ -49,7 +49,7 @@ def test_device_credentials_are_refused(api: httpx.Client, server: LiveServer) -
     register_model(api)
     (device,) = enroll(api, 1)
     with closing(sign_in(server.url)) as browser:  # even beside a valid session cookie
-        for path in PAGES + FRAGMENTS:
+        for path in [*PAGES, *FRAGMENTS, "/console/login", "/console/static/console.css"]:
             assert browser.get(path, headers=device.auth).status_code == 403, path
         assert browser.post("/console/tokens", headers=device.auth, data={"csrf": "x"}).status_code == 403
     with httpx.Client(base_url=server.url) as anon:
