@@ -197,3 +197,7 @@ class InvalidCursor(FedFaceError):
 
 class PrivacyBudgetExhausted(Conflict):
     code, title = "privacy_budget_exhausted", "Another DP round would exceed the privacy budget"
+
+
+class VersionPruned(FedFaceError):
+    status, code, title = 410, "version_pruned", "Retention released this model version's weights"

@@ -72,6 +72,8 @@ class ModelVersionOut(BaseModel):
     has_class_centres: bool
     served: bool
     created_at: datetime
+    pruned_at: datetime | None = Field(
+        default=None, description="When retention released the weights (the metrics remain); null while kept")
 
 
 class TokenRequest(BaseModel):
@@ -128,6 +130,8 @@ class BlobGcReport(BaseModel):
     blobs_removed: list[CollectedObject]
     staging_removed: list[CollectedObject]
     bytes_removed: int
+    versions_pruned: list[int] = Field(
+        default_factory=list, description="Model versions retention pruned in this pass (their weights go with it)")
 
 
 class PrivacyRoundOut(BaseModel):

@@ -43,7 +43,6 @@ class Settings(BaseSettings):
         " whenever database_url or redis_url is set, development on the embedded default",
     )
 
-
     # Intake limits: every size and value a device sends is checked against these.
     max_update_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
@@ -99,6 +98,13 @@ class Settings(BaseSettings):
         default=7 * 24 * 3600.0, ge=0,
         description="How long after a round finished its updates and partial sums keep their blobs (the rows"
         " stay); nothing reads them once the round is over",
+    )
+
+    keep_model_versions: int = Field(
+        default=20, ge=1,
+        description="Model versions whose weights retention keeps besides the served version's lineage and the"
+        " bases of active rounds: the newest this many. Older ones are pruned (their row and metrics stay, their"
+        " weights go with the next blob collection; downloading one answers 410 version_pruned)",
     )
 
     dp_epsilon_budget: float | None = Field(
@@ -165,7 +171,6 @@ class Settings(BaseSettings):
         default=None, description="Mark the session cookie Secure. Unset: when the request came over https (behind"
         " a TLS proxy, uvicorn's --forwarded-allow-ips makes it see the original scheme)",
     )
-
 
 
 @lru_cache

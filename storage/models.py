@@ -71,6 +71,8 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     note: Mapped[str | None] = mapped_column(String(256), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when retention released the weights (coordinator/services/retention.py); the row and its metrics stay.
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ServedModel(Base):

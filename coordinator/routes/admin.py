@@ -44,7 +44,7 @@ def _version_out(v: ModelVersion, served_id: int | None) -> ModelVersionOut:
     return ModelVersionOut(
         id=v.id, parent_id=v.parent_id, round_id=v.round_id, sha256=v.blob_sha256, size_bytes=v.size_bytes,
         manifest=v.manifest, metrics=v.metrics, note=v.note, has_class_centres=v.class_centres_sha256 is not None,
-        served=v.id == served_id, created_at=v.created_at,
+        served=v.id == served_id, created_at=v.created_at, pruned_at=v.pruned_at,
     )
 
 
@@ -82,7 +82,7 @@ async def get_model(version_id: RowId, admin: CurrentAdmin, session: Session) ->
 @router.get("/models/{version_id}/weights")
 async def download_model(version_id: RowId, request: Request, admin: CurrentAdmin, session: Session,
                          ctx: Ctx) -> Response:
-    version = await model_service.get(session, version_id)
+    version = await model_service.with_weights(session, version_id)
     return await blob_response(ctx, BlobRef(version.blob_sha256, f"model-v{version_id}.safetensors"),
                                request.headers.get("if-none-match"))
 

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from coordinator.context import AppContext
 from coordinator.metrics import BLOB_GC_BYTES, BLOB_GC_REMOVED
 from coordinator.schemas import BlobGcReport, CollectedObject
+from coordinator.services.retention import prune_model_versions
 from coordinator.settings import Settings
 from storage.blobs import BlobStore
 from storage.blobs.base import StoredObject
@@ -51,10 +52,12 @@ class GcPolicy:
     grace_s: float
     staging_max_age_s: float
     update_retention_s: float
+    keep_model_versions: int | None = None  # None: no version is pruned
 
     @classmethod
     def of(cls, settings: Settings) -> GcPolicy:
-        return cls(settings.blob_gc_grace_s, settings.max_upload_s, settings.update_retention_s)
+        return cls(settings.blob_gc_grace_s, settings.max_upload_s, settings.update_retention_s,
+                   settings.keep_model_versions)
 
 
 def _collected(obj: StoredObject, now: datetime) -> CollectedObject:
@@ -62,13 +65,13 @@ def _collected(obj: StoredObject, now: datetime) -> CollectedObject:
 
 
 async def _unreferenced(sessions: async_sessionmaker[AsyncSession], old: Sequence[StoredObject],
-                        rounds_finished_before: datetime) -> list[StoredObject]:
+                        rounds_finished_before: datetime, released_versions: Sequence[int]) -> list[StoredObject]:
     found: list[StoredObject] = []
     for start in range(0, len(old), _CHUNK):
         chunk = old[start:start + _CHUNK]
         async with sessions() as session:
             referenced = await BlobReferenceRepository(session).referenced_among(
-                [b.key for b in chunk], rounds_finished_before)
+                [b.key for b in chunk], rounds_finished_before, released_versions)
         found.extend(b for b in chunk if b.key not in referenced)
     return found
 
@@ -81,7 +84,12 @@ async def collect(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, 
     cutoff = now - timedelta(seconds=policy.grace_s)
     listed = [b async for b in blobs.list_blobs()]  # before the references are read: see the module's docstring
     old = [b for b in listed if b.modified < cutoff]
-    doomed = await _unreferenced(sessions, old, now - timedelta(seconds=policy.update_retention_s))
+    pruned: list[int] = []
+    if policy.keep_model_versions is not None:
+        async with sessions() as session, session.begin():
+            pruned = await prune_model_versions(session, policy.keep_model_versions, now, dry_run)
+    doomed = await _unreferenced(sessions, old, now - timedelta(seconds=policy.update_retention_s),
+                                 pruned if dry_run else [])
     removed, recommitted = [], 0
     for blob in doomed:
         if dry_run or await blobs.delete_if_older(blob.key, cutoff):
@@ -101,6 +109,7 @@ async def collect(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, 
         update_retention_s=policy.update_retention_s, blobs_scanned=len(listed), blobs_young=len(listed) - len(old),
         blobs_referenced=len(old) - len(doomed), blobs_recommitted=recommitted, blobs_removed=removed,
         staging_removed=staging, bytes_removed=sum(o.size_bytes for o in [*removed, *staging]),
+        versions_pruned=pruned,
     )
     if not dry_run:
         BLOB_GC_REMOVED.labels(kind="blob").inc(len(removed))

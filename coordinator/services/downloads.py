@@ -29,7 +29,7 @@ async def model_for_device(session: AsyncSession, device: Device, version_id: in
     # outside the task get the same answer, so a device cannot learn which ids exist.
     if not await device_has_task_for_version(session, device.id, version_id):
         raise Forbidden(f"no current task of this device names model version {version_id}")
-    version = await model_service.get(session, version_id)
+    version = await model_service.with_weights(session, version_id)
     return BlobRef(version.blob_sha256, f"model-v{version_id}.safetensors")
 
 

@@ -21,6 +21,7 @@ from coordinator.errors import (
     ModelNotFound,
     RoundActive,
     TensorSpecMismatch,
+    VersionPruned,
 )
 from coordinator.services.uploads import receive, validate_staged_async
 from coordinator.strategies import Strategy
@@ -88,7 +89,7 @@ async def attach_class_centres(
     content_length: str | None,
 ) -> ModelVersion:
     """Public class centres from pretraining, shipped to devices by `fedface-private`."""
-    version = await get(session, version_id)
+    version = await with_weights(session, version_id)
     dim = version.manifest.get("embedding_dim")
     if not isinstance(dim, int):
         raise InvalidMetadata("this model has no embedding_dim, so it cannot have class centres")
@@ -116,13 +117,22 @@ async def get(session: AsyncSession, version_id: int) -> ModelVersion:
     return version
 
 
+async def with_weights(session: AsyncSession, version_id: int) -> ModelVersion:
+    """The version, refusing one whose weights retention released (its row and metrics stay)."""
+    version = await get(session, version_id)
+    if version.pruned_at is not None:
+        raise VersionPruned(f"model version {version_id}'s weights were released by retention on"
+                            f" {version.pruned_at.isoformat()}; its metrics remain")
+    return version
+
+
 async def list_versions(session: AsyncSession) -> tuple[Sequence[ModelVersion], int | None]:
     repo = ModelVersionRepository(session)
     return await repo.list(), await repo.served_id()
 
 
 async def promote(session: AsyncSession, actor: str, version_id: int) -> ModelVersion:
-    version = await get(session, version_id)
+    version = await with_weights(session, version_id)
     repo = ModelVersionRepository(session)
     previous = await repo.served_id(lock=True)
     await _refuse_while_a_round_runs(session)

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -32,6 +32,15 @@ class ModelVersionRepository:
         parent = aliased(ModelVersion)
         chain = chain.union_all(select(parent.id, parent.parent_id).where(parent.id == chain.c.parent_id))
         return set((await self.session.scalars(select(chain.c.id))).all())
+
+    async def unpruned_ids(self) -> Sequence[int]:
+        stmt = select(ModelVersion.id).where(ModelVersion.pruned_at.is_(None)).order_by(ModelVersion.id)
+        return (await self.session.scalars(stmt)).all()
+
+    async def mark_pruned(self, version_ids: Collection[int], at: datetime) -> None:
+        if version_ids:
+            await self.session.execute(update(ModelVersion).where(
+                ModelVersion.id.in_(list(version_ids)), ModelVersion.pruned_at.is_(None)).values(pruned_at=at))
 
     async def served_id(self, lock: bool = False) -> int | None:
         stmt = select(ServedModel).where(ServedModel.id == 1)
