@@ -23,6 +23,8 @@ _DTYPES: dict[str, np.dtype] = {
     "I32": np.dtype("<i4"),
     # The int8 encoding of update deltas (fedface_common.update_codec).
     "I8": np.dtype("i1"),
+    # A secure-aggregation round's masked input: fixed point mod 2^32 (fedface_common.secagg).
+    "U32": np.dtype("<u4"),
 }
 _NAME_OF = {v: k for k, v in _DTYPES.items()}
 MAX_HEADER_BYTES = 16 * 1024 * 1024

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedface_common.secagg.task import SecAggTask
 from fedface_common.text import PlainText
 
 API_PREFIX = "/v1"
@@ -92,6 +93,7 @@ class Task(BaseModel):
     extra_blobs: dict[str, str] = Field(
         default_factory=dict, description="Name -> sha256 of further tensors the round ships (public centres)"
     )
+    secagg: SecAggTask | None = Field(default=None, description="A secure round's current stage and its inputs")
 
 
 class CheckInResponse(BaseModel):

@@ -186,3 +186,32 @@ class PartialAggregate(Base):
     blob_sha256: Mapped[str] = mapped_column(String(64))
     update_ids: Mapped[list[int]] = mapped_column(JsonType)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SecAggRound(Base):
+    """A secure round's SecAgg+ progress: its stage, when the stage closes, and the server's protocol state
+    (coordinator.secagg.protocol.ServerRound as JSON; public keys and survivor sets, no secrets)."""
+
+    __tablename__ = "secagg_rounds"
+
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    stage_deadline_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SecAggMessage(Base):
+    """One stage message of a secure round: a device's (advertise, share_keys, unmask) or the server's to one
+    device (forwarded shares, unmask request). One per (round, stage, device): a second is refused."""
+
+    __tablename__ = "secagg_messages"
+    __table_args__ = (UniqueConstraint("round_id", "stage", "device_id", name="uq_secagg_messages_round_stage_device"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    device_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

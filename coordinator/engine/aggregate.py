@@ -20,6 +20,7 @@ from coordinator.context import AppContext
 from coordinator.engine.aggregation import round_aggregation
 from coordinator.engine.folding import AggregationError, fold_updates
 from coordinator.engine.partials import decode_accumulator
+from coordinator.engine.secagg_sum import secure_sum
 from coordinator.errors import PrivacyBudgetExhausted
 from coordinator.metrics import AGGREGATION_SECONDS, ROUND_DURATION
 from coordinator.schemas import RoundConfig
@@ -113,12 +114,18 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
         config = RoundConfig.model_validate(rnd.config)
 
     robust = strategy.params.robust
+    secure_metrics: dict[str, Any] | None = None
     try:
-        aggregation = await round_aggregation(ctx, round_id, strategy, closing=True)
-        assert aggregation is not None  # at close the bounds are always fixed
-        acc, folded = await merge_partials(ctx, partials if robust.streaming else [], {u.id for u in rows})
-        direct = [(u.device_id, u.blob_sha256, u.num_samples) for u in rows if u.id not in folded]
-        acc.merge(await fold_updates(ctx.blobs, aggregation, direct, expected))
+        if strategy.secure:  # the updates are masked: only their sum is ever decoded
+            aggregation, acc, secure_metrics = await secure_sum(ctx, round_id, strategy, list(rows), base)
+            folded, direct = set[int](), []
+        else:
+            maybe = await round_aggregation(ctx, round_id, strategy, closing=True)
+            assert maybe is not None  # at close the bounds are always fixed
+            aggregation = maybe
+            acc, folded = await merge_partials(ctx, partials if robust.streaming else [], {u.id for u in rows})
+            direct = [(u.device_id, u.blob_sha256, u.num_samples) for u in rows if u.id not in folded]
+            acc.merge(await fold_updates(ctx.blobs, aggregation, direct, expected))
         base_weights = decode(await ctx.blobs.get_bytes(base_sha))
         result = await asyncio.to_thread(_finalize, aggregation, base_weights, acc, current_w)
     except AggregationError as exc:
@@ -137,6 +144,8 @@ async def aggregate_round(ctx: AppContext, round_id: int) -> int | None:
     aggregate_s = time.perf_counter() - started
     metrics = json_safe({**result.metrics, "aggregate_s": round(aggregate_s, 4), "algorithm": algorithm,
                          "folded_from_partials": len(folded), "folded_at_close": len(direct)})
+    if secure_metrics is not None:
+        metrics["secagg"] = json_safe(secure_metrics)
 
     async with ctx.sessions() as session, session.begin():
         rounds = RoundRepository(session)

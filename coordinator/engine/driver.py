@@ -15,8 +15,10 @@ import contextlib
 import structlog
 
 from coordinator.context import AppContext
+from coordinator.engine import secagg_stages
 from coordinator.engine.aggregate import aggregate_round
 from coordinator.metrics import IS_DRIVER, ROUND_DURATION
+from coordinator.services.secagg.state import is_secure
 from fedface_common.wire import ACTIVE_ROUND_STATES, RoundState
 from storage.db import utcnow
 from storage.models import Round
@@ -92,10 +94,11 @@ class RoundDriver:
         """One pass over the active rounds. Safe to call from tests directly."""
         async with self.ctx.sessions() as session:
             rounds = await RoundRepository(session).in_states(ACTIVE_ROUND_STATES)
-            active = [(r.id, r.state) for r in rounds]
-        for round_id, state in active:
+            active = [(r.id, r.state, is_secure(r)) for r in rounds]
+        for round_id, state, secure in active:
             if state == RoundState.COLLECTING:
-                state = await self._maybe_close(round_id)
+                # A secure round collects through its SecAgg+ stages, each closed on its own terms.
+                state = await (secagg_stages.step(self.ctx, round_id) if secure else self._maybe_close(round_id))
             if state == RoundState.AGGREGATING:
                 await aggregate_round(self.ctx, round_id)
 

@@ -98,6 +98,8 @@ class PartialFolder:
             expected = model_service.update_spec(strategy, base)
             round_id = rnd.id
         robust = strategy.params.robust
+        if strategy.secure:
+            return 0  # masked inputs are summed once, at the close (coordinator/engine/secagg_sum.py)
         if not robust.streaming:
             return 0  # order statistics need every update at once: the driver folds them at close
         aggregation = await round_aggregation(ctx, round_id, strategy, closing=False)

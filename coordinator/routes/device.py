@@ -13,6 +13,9 @@ from coordinator.routes.problems import DEVICE_ERRORS, problem_responses
 from coordinator.services import checkin as checkin_service
 from coordinator.services import downloads, intake
 from coordinator.services import enrollment as enrollment_service
+from coordinator.services.secagg import stages as secagg_stages
+from fedface_common.secagg.messages import AdvertiseKeys, ShareKeys, UnmaskResponse
+from fedface_common.secagg.task import SecAggAck, Stage
 from fedface_common.wire import API_PREFIX, CheckInResponse, EnrollRequest, EnrollResponse, SubmitResponse
 
 router = APIRouter(prefix=API_PREFIX, tags=["device"], responses=DEVICE_ERRORS, route_class=BoundedJsonRoute)
@@ -58,3 +61,20 @@ async def submit_update(round_id: RowId, request: Request, device: CurrentDevice
         return await intake.submit(session, ctx, device, round_id, request.headers, request.stream())
 
 
+# Secure aggregation's stage messages (the masked input is the update upload above).
+@router.post("/rounds/{round_id}/secagg/advertise", response_model=SecAggAck)
+async def secagg_advertise(round_id: RowId, body: AdvertiseKeys, device: CurrentDevice, session: Session,
+                           ctx: Ctx) -> SecAggAck:
+    return await secagg_stages.post(session, ctx, device.id, round_id, Stage.ADVERTISE, body)
+
+
+@router.post("/rounds/{round_id}/secagg/share_keys", response_model=SecAggAck)
+async def secagg_share_keys(round_id: RowId, body: ShareKeys, device: CurrentDevice, session: Session,
+                            ctx: Ctx) -> SecAggAck:
+    return await secagg_stages.post(session, ctx, device.id, round_id, Stage.SHARE_KEYS, body)
+
+
+@router.post("/rounds/{round_id}/secagg/unmask", response_model=SecAggAck)
+async def secagg_unmask(round_id: RowId, body: UnmaskResponse, device: CurrentDevice, session: Session,
+                        ctx: Ctx) -> SecAggAck:
+    return await secagg_stages.post(session, ctx, device.id, round_id, Stage.UNMASK, body)

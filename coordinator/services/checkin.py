@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.context import AppContext
 from coordinator.errors import RateLimited
 from coordinator.metrics import CHECKINS
+from coordinator.services.secagg import tasks as secagg_tasks
+from coordinator.services.secagg.state import is_secure
 from coordinator.strategies import make_strategy
 from fedface_common.wire import CLASS_CENTRES_TENSOR, CheckInResponse, RoundState, Task, TrainingConfig
 from storage.db import utcnow
@@ -54,10 +56,11 @@ async def _task(session: AsyncSession, rnd: Round, device: Device) -> CheckInRes
     has_row = strategy.uses_class_embeddings and await ClassEmbeddingRepository(session).exists(device.id)
     extra = {CLASS_CENTRES_TENSOR: version.class_centres_sha256} if strategy.ships_class_centres and \
         version.class_centres_sha256 else {}
+    secagg = await secagg_tasks.task_for(session, rnd, device.id, strategy, version) if strategy.secure else None
     CHECKINS.labels(outcome="task").inc()
     return CheckInResponse(status="task", task=Task(
         round_id=rnd.id, model_version=version.id, model_sha256=version.blob_sha256, deadline=rnd.deadline_at,
-        training=training, has_class_embedding=has_row, extra_blobs=extra,
+        training=training, has_class_embedding=has_row, extra_blobs=extra, secagg=secagg,
     ))
 
 
@@ -86,10 +89,14 @@ async def check_in(session: AsyncSession, ctx: AppContext, device: Device) -> Ch
     if rnd.state != RoundState.COLLECTING or rnd.stop_requested or remaining <= 0:
         return _wait(_spread(settings.idle_retry_s, settings.idle_retry_s), "closing")
     window = max(settings.idle_retry_s, float(rnd.config["deadline_s"]) / 2)
+    secure = is_secure(rnd)
     if await rounds.assignment(rnd.id, device.id) is not None:
-        if await UpdateRepository(session).find(rnd.id, device.id) is not None:
+        # A secure round's device comes back after its upload: the unmasking stage follows it.
+        if not secure and await UpdateRepository(session).find(rnd.id, device.id) is not None:
             return _wait(_spread(remaining, window), "done")
         return await _task(session, rnd, device)
+    if secure and not await secagg_tasks.selecting(session, rnd.id):
+        return _wait(_spread(remaining, window), "full")  # its device list is fixed
     cap = math.ceil(int(rnd.config["target_devices"]) * float(rnd.config["over_selection"]))
     if (await rounds.counts(rnd.id)).selected >= cap:
         return _wait(_spread(remaining, window), "full")

@@ -32,6 +32,9 @@ from coordinator.errors import (
 from coordinator.metrics import SUBMISSIONS, UPDATE_BYTES
 from coordinator.services import models as model_service
 from coordinator.services.headers import strict_int
+from coordinator.services.secagg import masked as secagg_masked
+from coordinator.services.secagg.layout import masked_wire_spec, round_layout
+from coordinator.services.secagg.state import is_secure
 from coordinator.services.uploads import UpdateMeasure, measure_staged, receive, validate_staged_async
 from coordinator.strategies import make_strategy
 from coordinator.strategies.robust_params import MIN_CLASS_EMBEDDING_NORM
@@ -115,7 +118,9 @@ async def _expected_spec(session: AsyncSession, ctx: AppContext, rnd: Round) -> 
         strategy = make_strategy(rnd.algorithm, rnd.config.get("params"))
         f32 = model_service.update_spec(strategy, version)
         encoding = strategy.update_encoding
-        spec = RoundUpdateSpec(f32=f32, wire=wire_spec(f32, encoding), encoding=encoding)
+        # A secure round's body is the masked vector, never the deltas themselves.
+        wire = masked_wire_spec(round_layout(strategy, version)) if strategy.secure else wire_spec(f32, encoding)
+        spec = RoundUpdateSpec(f32=f32, wire=wire, encoding=encoding)
         if len(ctx.update_specs) > 32:
             ctx.update_specs.clear()
         ctx.update_specs[rnd.id] = spec
@@ -160,8 +165,12 @@ async def _submit(
     # A replay is answered as the original was, even once the round has closed:
     # the device may simply have lost the first answer.
     previous = view.previous
+    secure = is_secure(rnd)
+    secure_state = None
     if previous is None:
         _check_open(rnd, headers)
+        if secure:
+            secure_state = await secagg_masked.expect_input(session, rnd.id, device.id)
     num_samples = parse_num_samples(headers, settings.max_num_samples)
     client_metrics = parse_client_metrics(headers, settings.max_metrics_bytes)
 
@@ -173,9 +182,13 @@ async def _submit(
                 return _answer(previous)
             raise DuplicateSubmission(f"update {previous.id} was already accepted for round {rnd.id}")
         spec = await _expected_spec(session, ctx, rnd)
-        await validate_staged_async(writer, spec.wire, check_encoded)
-        measure = await asyncio.to_thread(measure_staged, writer, spec.encoding, spec.f32)
-        _check_measure(measure)
+        _, metadata = await validate_staged_async(writer, spec.wire, check_encoded)
+        measure: UpdateMeasure | None = None
+        if secure_state is not None:
+            await asyncio.to_thread(secagg_masked.check_staged, writer, metadata, secure_state, device.id)
+        else:
+            measure = await asyncio.to_thread(measure_staged, writer, spec.encoding, spec.f32)
+            _check_measure(measure)
         sha = await writer.commit()
     finally:
         await writer.abort()  # no-op after commit; removes the staged file otherwise
@@ -187,7 +200,7 @@ async def _submit(
     update_id = await updates.add_if_collecting(dict(
         round_id=rnd.id, device_id=device.id, blob_sha256=sha, size_bytes=writer.size, num_samples=num_samples,
         base_version_id=rnd.base_version_id, client_metrics=client_metrics, replica_id=ctx.replica_id,
-        created_at=utcnow(), delta_norm=measure.delta_norm,
+        created_at=utcnow(), delta_norm=measure.delta_norm if measure is not None else None,
     ))
     if update_id is None:
         if not await RoundRepository(session).is_open_locked(rnd.id):
@@ -197,6 +210,8 @@ async def _submit(
         if winner is not None and winner.blob_sha256 == sha and winner.num_samples == num_samples:
             return _answer(winner)
         raise DuplicateSubmission(f"another update was already accepted for round {rnd.id}")
+    if secure:
+        await secagg_masked.still_collecting(session, rnd.id)
     SUBMISSIONS.labels(outcome="accepted").inc()
     UPDATE_BYTES.inc(writer.size)
     ctx.wake_driver()

@@ -62,10 +62,10 @@ class StrategyParams(ClientParams):
         if self.secagg is not None and self.secagg.enabled and not self.robust.streaming:
             raise ValueError("secagg hides each update: robust.aggregation must be 'mean' (an order statistic"
                              " reads individual updates)")
-        if self.secagg is not None and self.secagg.enabled and self.dp is not None:
-            # The adaptive clip counts clipped updates, which the server cannot see under secagg.
-            if isinstance(self.dp.clip, str) or self.secagg.clip_norm > self.dp.clip:
-                raise ValueError("with secagg, dp needs a fixed clip and secagg.clip_norm <= dp.clip")
+        # The adaptive clip counts clipped updates, which the server cannot see under secagg.
+        if self.secagg is not None and self.secagg.enabled and self.dp is not None and (
+                isinstance(self.dp.clip, str) or self.secagg.clip_norm > self.dp.clip):
+            raise ValueError("with secagg, dp needs a fixed clip and secagg.clip_norm <= dp.clip")
         return self
 
 

@@ -1,0 +1,80 @@
+"""Unmasking a secure round's sum, for the round's aggregation.
+
+The masked inputs are folded here, at the close, rather than into the replicas' partial sums: a
+uint32 add per coordinate is cheap next to the unmasking's PRG expansions, and folding once from the
+accepted rows keeps "each input counted once" trivially true. (`protocol.accumulate` is commutative,
+so partial sums would fold like any other; they would only save reading the blobs once.)
+
+Everything is re-read from Postgres and the blob store, so a driver that died while unmasking simply
+runs this again: the same rows give the same sum.
+
+The unmasked sum is decoded from fixed point and handed to the strategy as an accumulator of unit
+weights (each survivor weighs 1): the committed model is base + server_lr x the survivors' mean clipped
+update, within `error_bound_mean` per coordinate (rounding: at most 1/2 per input over the scale)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+
+from coordinator.context import AppContext
+from coordinator.engine.folding import AggregationError
+from coordinator.secagg import protocol
+from coordinator.secagg.errors import SecAggProtocolError
+from coordinator.services.secagg.layout import round_layout
+from coordinator.services.secagg.state import load
+from coordinator.strategies import Accumulator, Strategy
+from coordinator.strategies.dp import DpAggregation
+from coordinator.strategies.robust import BoundedAggregation, RoundBounds
+from fedface_common.secagg import fixedpoint
+from fedface_common.secagg.messages import MASKED_INPUT_TENSOR, UnmaskResponse
+from fedface_common.secagg.task import Stage, unflatten
+from fedface_common.tensors import decode
+from storage.models import ModelVersion, Update
+from storage.repositories.privacy import PrivacyRepository
+from storage.repositories.secagg import SecAggRepository
+
+
+async def secure_sum(ctx: AppContext, round_id: int, strategy: Strategy, rows: list[Update],
+                     base: ModelVersion) -> tuple[BoundedAggregation, Accumulator, dict[str, Any]]:
+    """The aggregation to finalize with, the survivors' unmasked sum as its accumulator, and the metrics."""
+    started = time.perf_counter()
+    async with ctx.sessions() as session:
+        row, state = await load(session, round_id)
+        raw = await SecAggRepository(session).messages(round_id, Stage.UNMASK)
+        dp_state = await PrivacyRepository(session).round_state(round_id) if strategy.params.dp else None
+    if row is None or state is None or state.masked is None:
+        raise AggregationError("the secure round has no unmasking state")
+    responses = [(str(d), UnmaskResponse.model_validate_json(b)) for d, b in raw]
+    survivors = set(state.masked)
+    partial: np.ndarray | None = None
+    for u in rows:
+        if str(u.device_id) not in survivors:
+            continue  # uploaded, but not in the sum the unmasking was asked for (never the case once closed)
+        vector = decode(await ctx.blobs.get_bytes(u.blob_sha256))[MASKED_INPUT_TENSOR]
+        partial = await asyncio.to_thread(protocol.accumulate, partial, vector)
+    counted = sum(1 for u in rows if str(u.device_id) in survivors)
+    if partial is None or counted != len(survivors):
+        raise AggregationError(f"{counted} of the {len(survivors)} masked inputs in the sum are stored")
+    try:
+        total = await asyncio.to_thread(protocol.unmask, state, responses, partial)
+    except SecAggProtocolError as exc:
+        raise AggregationError(f"unmasking failed: {exc.code}: {exc}") from exc
+    p = state.params
+    sums = unflatten(fixedpoint.decode(total, p.scale), round_layout(strategy, base))
+    n = len(survivors)
+    acc = Accumulator(sums=sums, total_weight=float(n), count=n)
+    if dp_state is not None:
+        aggregation: BoundedAggregation = DpAggregation(strategy, dp_state)
+    else:
+        # The devices clipped to clip_norm themselves: that is the round's norm bound, and weights are units.
+        aggregation = BoundedAggregation(strategy, strategy.params.robust, RoundBounds(p.clip_norm, None))
+    metrics = {**row.metrics, "devices": len(p.devices), "survivors": n, "neighbours": p.neighbours,
+               "threshold": p.threshold, "clip_norm": p.clip_norm, "scale": p.scale, "weights": "unit",
+               "error_bound_sum": fixedpoint.max_abs_error(n, p.scale),
+               "error_bound_mean": fixedpoint.max_abs_error(n, p.scale) / n,
+               "unmask_s": round(time.perf_counter() - started, 4)}
+    return aggregation, acc, metrics

@@ -1,0 +1,20 @@
+"""How a secure round's update is flattened: its F32 update spec, tensor names sorted."""
+
+from __future__ import annotations
+
+from coordinator.services import models as model_service
+from coordinator.strategies import Strategy
+from fedface_common.secagg.messages import MASKED_INPUT_TENSOR
+from fedface_common.secagg.task import LayoutEntry, layout_of, vector_length
+from fedface_common.tensors import TensorInfo, TensorSpec
+from storage.models import ModelVersion
+
+
+def round_layout(strategy: Strategy, version: ModelVersion) -> list[LayoutEntry]:
+    spec = model_service.update_spec(strategy, version)
+    return layout_of({name: info.shape for name, info in spec.items()})
+
+
+def masked_wire_spec(layout: list[LayoutEntry]) -> TensorSpec:
+    """What a masked input's body holds: one uint32 vector of the layout's length."""
+    return {MASKED_INPUT_TENSOR: TensorInfo("U32", (vector_length(layout),))}
