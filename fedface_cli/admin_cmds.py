@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedface_cli.admin_client import JSON, AdminClient, ApiProblem
 from fedface_cli.params import parse_params
+from fedface_common.admin_client import JSON, AdminClient, ApiProblem
 from fedface_common.wire import FINAL_ROUND_STATES, RoundState
 
 app = typer.Typer(help="Operate a coordinator through its admin API.", no_args_is_help=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from fedface_cli.admin_client import JSON
 from fedface_cli.admin_cmds import _client, _console, _emit, _kv_table, _table
+from fedface_common.admin_client import JSON
 
 app = typer.Typer(help="The blob store: collect what no model version, round or update needs.",
                   no_args_is_help=True)

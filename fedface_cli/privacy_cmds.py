@@ -12,8 +12,8 @@ from typing import Any
 
 import typer
 
-from fedface_cli.admin_client import JSON
 from fedface_cli.admin_cmds import _client, _console, _emit, _num, _table
+from fedface_common.admin_client import JSON
 
 app = typer.Typer(help="Privacy accounting of DP rounds: epsilon for a noise multiplier, or the reverse.",
                   no_args_is_help=True)

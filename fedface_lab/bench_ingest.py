@@ -50,7 +50,8 @@ class IngestConfig:
     concurrency: int = 32
     distinct_bodies: int = 8
     wait_timeout_s: float = 900.0
-    profile_dir: Path | None = None  # profile the coordinator (see bench_profile), writing coordinator.prof here
+    # Profile the coordinator (fedface_cli/profile_run.py), writing coordinator.prof here.
+    profile_dir: Path | None = None
     server_env: tuple[tuple[str, str], ...] = ()  # extra FEDFACE_* settings for the coordinator
 
 
@@ -270,7 +271,7 @@ def run_ingest(cfg: IngestConfig, progress: Progress | None = None) -> dict[str,
         profiler: list[str] = []
         if cfg.profile_dir is not None:
             cfg.profile_dir.mkdir(parents=True, exist_ok=True)
-            profiler = ["-m", "fedface_lab.bench_profile", str(cfg.profile_dir / "coordinator.prof")]
+            profiler = ["-m", "fedface_cli.profile_run", str(cfg.profile_dir / "coordinator.prof")]
         server = ServerProcess([sys.executable, *(profiler or ["-m", "fedface_cli.main"]), "serve", "--port",
                                 str(port), migrate_flag], env, Path(tmp) / "coordinator.log", port)
         sampler = RssSampler(server.pid).start()

@@ -29,7 +29,7 @@ from device_agent.client import DeviceClient
 from device_agent.photos.pipeline import FacePipeline
 from device_agent.runner import Agent, FolderPhotos, Outcome, RoundReport
 from device_agent.state import AgentState
-from fedface_cli.admin_client import AdminClient
+from fedface_common.admin_client import AdminClient
 from fedface_common.face.checkpoint import load_manifest
 from fedface_common.face.manifest import ModelManifest
 from fedface_common.face.publish import split_pretrained

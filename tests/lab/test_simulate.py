@@ -152,7 +152,7 @@ def test_centralized_finetune_on_a_slice(tiny_model: Path, data_root: Path, tmp_
 def test_a_simulation_starts_fresh_in_the_work_dir_of_an_interrupted_one(tiny_model: Path, data_root: Path,
                                                                         tmp_path: Path) -> None:
     """An earlier run that left a round open (killed mid-round) must not block or leak into the next one."""
-    from fedface_cli.admin_client import AdminClient
+    from fedface_common.admin_client import AdminClient
     from fedface_lab.simulate import coordinator
 
     cfg = SimulationConfig(model=tiny_model, data_root=data_root, work_dir=tmp_path / "sim", algorithm="fedface",

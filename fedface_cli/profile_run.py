@@ -1,5 +1,5 @@
 """Run the `fedface` command under cProfile timed by the event-loop thread's
-own CPU clock: `python -m fedface_lab.bench_profile OUT.prof serve ...`.
+own CPU clock: `python -m fedface_cli.profile_run OUT.prof serve ...`.
 
 `python -m cProfile` uses wall-clock time, which in an asyncio server charges
 every await (database round trips, socket waits) to whatever frame was last
