@@ -14,9 +14,9 @@ face-model: $(VENV)/.installed
 	$(VENV)/bin/fedface models fetch face-api
 	$(VENV)/bin/fedface models import face-api
 
-# torch is pinned (==2.13.0, the CPU build on this machine's disk) in pyproject;
-# facenet-pytorch is installed without its dependencies because it pins an old
-# torch and torchvision. We only use its MTCNN weight files.
+# torch is pinned (==2.13.0) in pyproject so that results reproduce; pip installs the CPU or the CUDA
+# build of it depending on the index it is given (docs/install.md). facenet-pytorch is installed without
+# its dependencies because it pins an old torch and torchvision; only its MTCNN weight files are used.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -42,10 +42,11 @@ serve: install
 demo: install
 	$(VENV)/bin/fedface demo
 
+# Both write into fedface-data/, not over a committed result in docs/results/ (each names the machine
+# class it ran on; docs/benchmarks.md has the commands that made them).
 bench-ingest: install
-	$(VENV)/bin/fedface bench ingest --devices 500 --params 1000000 --out docs/results/ingest.json
+	$(VENV)/bin/fedface bench ingest --devices 500 --params 1000000 --out fedface-data/ingest.json
 
-# Writes beside the work directory, not over a committed table of docs/results/ (each is one host class's).
 bench-fedface: install
 	$(VENV)/bin/fedface bench fedface --out fedface-data/fedface-results.json
 

@@ -61,12 +61,12 @@ class ExperimentPlan:
     concurrency: int = 2
     centralized_epochs: int = 10
     # The discriminant round: dimensions kept and shrinkage, picked on the development folds
-    # (docs/results/tuning-amd-avx512.jsonl: 32 to 128 dimensions, shrinkage 0.03 to 0.3; 64 and
+    # (docs/results/mobilefacenet/tuning-amd-avx512.jsonl: 32 to 128 dimensions, shrinkage 0.03 to 0.3; 64 and
     # 0.1 have the best AUC and a TAR@FAR=1e-3 within binomial noise of the best).
     lda_dims: int = 64
     lda_shrinkage: float = 0.1
     # Mirror images as more photos of each owner: higher A, AUC and TAR@FAR=1e-3 at each of the five
-    # settings tried on the Xeon class (docs/results/tuning-xeon.jsonl, `pooled-lda*-mirror`).
+    # settings tried on the Xeon class (docs/results/mobilefacenet/tuning-xeon.jsonl, `pooled-lda*-mirror`).
     lda_mirror: bool = True
     # The no-training baselines to run (each is one round of every device, ~3 minutes here).
     statistics_rows: tuple[str, ...] = ("recentred", "lda")
@@ -138,7 +138,7 @@ def default_params(population: int) -> dict[str, dict[str, Any]]:
     by n-1 to keep the step per row the same at any population. The factor
     0.05 was picked on the development folds (10 at n=200; 100 spread W in one
     round and the clients' targets moved out of reach). fedface-private's
-    anchor weight 1 too (docs/results/tuning.jsonl: 0 bunched identities, 10
+    anchor weight 1 too (docs/results/mobilefacenet/tuning.jsonl: 0 bunched identities, 10
     diverged)."""
     return {
         "fedface": {"margin": 0.9, "tau": 0.3, "spreadout_steps": 10, "spreadout_lr": 0.05 * (population - 1)},

@@ -8,8 +8,8 @@ other than the pretrained model), and p.<name>
 for an algorithm parameter (p.margin=0.7, p.server_lr=5, p.scale=16). The
 final evaluation (protocol A and B on the development folds, the only data
 tuned on) is appended as one JSON line to FEDFACE_TUNING_OUT (default
-docs/results/tuning.jsonl), with the CPU and kernel set it ran on, since the
-pretrained model differs between host classes. The README's "what was tried" rows come from here."""
+docs/results/face-api/tuning.jsonl), with the CPU and kernel set it ran on, since the
+pretrained model differs between host classes. The tuning tables in docs/results/<experiment>/ come from here."""
 
 from __future__ import annotations
 

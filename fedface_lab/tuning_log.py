@@ -1,5 +1,5 @@
 """One line of JSON per tuning run, with the host it ran on: what fedface_lab.tuning and
-fedface_lab.recentre append to FEDFACE_TUNING_OUT (default docs/results/tuning.jsonl)."""
+fedface_lab.recentre append to FEDFACE_TUNING_OUT (default docs/results/face-api/tuning.jsonl)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,6 @@ def record_result(name: str, rounds: int, args: list[str], wall_s: float, final:
     out = {"name": name, "rounds": rounds, "args": args, "wall_s": wall_s,
            **{k: final[k] for k in METRICS}, "cpu_model": cpu_model(), **float_kernels()}
     print("RESULT", json.dumps(out), flush=True)
-    with Path(os.environ.get("FEDFACE_TUNING_OUT", "docs/results/tuning.jsonl")).open("a") as f:
+    with Path(os.environ.get("FEDFACE_TUNING_OUT", "docs/results/face-api/tuning.jsonl")).open("a") as f:
         f.write(json.dumps(out) + "\n")
     return out
