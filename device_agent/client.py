@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from fedface_common import tensors
+from fedface_common.secagg.task import SecAggAck
 from fedface_common.wire import (
     API_PREFIX,
     CLASS_EMBEDDING_TENSOR,
@@ -260,6 +261,12 @@ class DeviceClient:
             headers[HEADER_CLIENT_METRICS] = encode_metrics(metrics)
         resp = self._send("POST", f"/rounds/{round_id}/update", content=body, headers=headers)
         return SubmitResponse.model_validate_json(resp.content)
+
+
+    def secagg_post(self, round_id: int, stage: str, message: BaseModel) -> SecAggAck:
+        """A secure round's stage message (AdvertiseKeys, ShareKeys or UnmaskResponse); resending the same
+        message is answered as the first was."""
+        return self._json(SecAggAck, "POST", f"/rounds/{round_id}/secagg/{stage}", message)
 
 
 def encode_metrics(metrics: Mapping[str, Any]) -> str:

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from device_agent import algorithms
+from device_agent import secagg as secure
 from device_agent.client import ApiError, DeviceClient, NetworkError, Unauthorized
 from device_agent.photos.pipeline import FacePipeline, FolderReport
 from device_agent.state import AgentState, Credential, Pending, sha256_hex
@@ -228,6 +229,8 @@ class Agent:
         report.photos = folder.counts()
         report.photo_entries = [{"name": e.name, "used": e.used, "reason": e.reason.value if e.reason else None,
                                  "detail": e.detail} for e in folder.entries]
+        if task.secagg is not None:  # one stage per check-in; training happens at the masked-input stage
+            return secure.handle(self, task, lambda: self._train_and_submit(task, crops, report), report)
         if self.state.last_submitted_round() == task.round_id:
             report.status, report.retry_after_s = Outcome.ALREADY_SUBMITTED, DEFAULT_RETRY_S
             report.message = f"round {task.round_id} was already submitted; not training it again"
@@ -289,6 +292,8 @@ class Agent:
             report.status, report.retry_after_s = Outcome.DROPPED, DEFAULT_RETRY_S
             report.message = "dropped: training finished after the round's deadline"
             return report
+        if task.secagg is not None:
+            return secure.upload_masked(self, task, result.update_tensors(cfg.algorithm), len(x), metrics, report)
         try:
             body = tensors.encode(update_codec.encode(result.update_tensors(cfg.algorithm),
                                                       update_codec.encoding_of(cfg.params)))

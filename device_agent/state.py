@@ -251,3 +251,28 @@ class AgentState:
 
     def record_round_seconds(self, seconds: float) -> None:
         atomic_write(self.stats_path, json.dumps({"round_seconds": seconds}).encode(), 0o644)
+
+
+class SecAggJournal:
+    """The device's SecAgg+ state for the round in progress (secagg.json, 0600: it holds private keys and
+    the self-mask seed). Written before each stage message is sent, so that a killed agent resends the same
+    message rather than a new one (fedface_common/secagg/device.py says why that matters)."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / "secagg.json"
+
+    def load(self, round_id: int) -> str | None:
+        """The stored state's JSON, if it is this round's."""
+        try:
+            raw = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if not isinstance(raw, dict) or raw.get("round_id") != round_id or not isinstance(raw.get("state"), str):
+            return None
+        return str(raw["state"])
+
+    def save(self, round_id: int, state_json: str) -> None:
+        atomic_write(self.path, json.dumps({"round_id": round_id, "state": state_json}).encode())
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)

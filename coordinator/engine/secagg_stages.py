@@ -24,11 +24,11 @@ from coordinator.context import AppContext
 from coordinator.metrics import ROUND_DURATION
 from coordinator.secagg import protocol
 from coordinator.secagg.errors import NotEnoughShares, SecAggProtocolError
+from coordinator.secagg.params import neighbours_and_threshold
 from coordinator.services import models as model_service
 from coordinator.services.secagg.layout import round_layout
 from coordinator.services.secagg.state import FORWARDED, UNMASK_REQUEST, server_round, settings_of, stage_of
 from coordinator.strategies import make_strategy
-from fedface_common.secagg import graph
 from fedface_common.secagg.messages import AdvertiseKeys, ShareKeys, UnmaskResponse
 from fedface_common.secagg.task import SecAggSettings, Stage, vector_length
 from fedface_common.wire import RoundState
@@ -111,7 +111,7 @@ def _fail(rnd: Round, row: SecAggRound, reason: str, now: datetime) -> None:
 
 
 async def _advance(session: AsyncSession, rnd: Round, row: SecAggRound, stage: Stage, state: protocol.ServerRound,
-                   settings: SecAggSettings, now: datetime, answered: dict[str, int]) -> None:
+                   settings: SecAggSettings, now: datetime, answered: dict[str, int | str]) -> None:
     deadline = now + timedelta(seconds=settings.stage_s)
     # The round's deadline follows its stages: intake and check-in read it as "the current stage's".
     rnd.deadline_at = max(rnd.deadline_at, deadline)
@@ -174,21 +174,12 @@ async def _close_selection(session: AsyncSession, rnd: Round, row: SecAggRound, 
     length = vector_length(round_layout(strategy, version))
     try:
         if settings.neighbours is not None and settings.threshold is not None:
-            k, t = settings.neighbours, settings.threshold
+            k, t, rule = settings.neighbours, settings.threshold, "override"
         else:
-            k, t = _choose(n, settings.dropout)
+            k, t, rule = neighbours_and_threshold(n, settings.dropout)
         params = protocol.new_round(rnd.id, devices, vector_length=length, clip_norm=settings.clip_norm,
                                     dropout=settings.dropout, k_and_t=(k, t), min_survivors=min(n, max(t, quorum)))
     except (ValueError, ValidationError) as exc:
         raise StageFailed(f"no SecAgg+ parameters for {n} devices: {exc}") from exc
     await _advance(session, rnd, row, Stage.ADVERTISE, protocol.ServerRound(params=params), settings, now,
-                   {"selected": n, "neighbours": k, "threshold": t, "vector_length": length})
-
-
-def _choose(n: int, dropout: float) -> tuple[int, int]:
-    """graph.choose_parameters' (k, t); for a round too small for its statistical targets, the complete
-    graph with a majority threshold (the original SecAgg of Bonawitz et al. 2017: every pair masks)."""
-    try:
-        return graph.choose_parameters(n, dropout)
-    except ValueError:
-        return n - 1, (n - 1) // 2 + 1
+                   {"selected": n, "neighbours": k, "threshold": t, "graph": rule, "vector_length": length})

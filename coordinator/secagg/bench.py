@@ -106,6 +106,9 @@ def bench_secagg(
         "dropped": len(dropped),
         "server_prg_expansions": len(survivors) + pairwise,
         "masked_input_bytes": 4 * params,
+        "advertise_bytes": len(states[me].advertise().model_dump_json()),
         "share_keys_bytes": len(sent[0][1].model_dump_json()),
+        "forwarded_bytes": len(forwards[me].model_dump_json()),
+        "unmask_bytes": len(responses[0][1].model_dump_json()),
         **timings,
     }

@@ -1,0 +1,119 @@
+"""The agent's side of a secure round: one check-in, one stage.
+
+Each check-in of a secure round names a stage (fedface_common/secagg/task.py). The device answers it from
+its SecAggDevice state, which is written to disk before the message leaves (SecAggJournal), so that a
+killed agent repeats the same message instead of producing a different one. At the masked-input stage the
+agent trains as in any round, flattens its update in the order the task names, clips and encodes it to
+fixed point with the task's clip and scale, masks it and uploads it as the round's update (journaled like
+any update, so a lost answer is resent byte for byte).
+
+What leaves the device in a secure round: two public keys, shares of its own secrets encrypted to its
+neighbours, the masked vector (uniformly random to anyone without the other devices' secrets) and the
+shares it holds of its neighbours' secrets, one kind per neighbour."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from device_agent.client import ApiError
+from device_agent.state import Pending, SecAggJournal, sha256_hex
+from fedface_common import tensors
+from fedface_common.secagg import fixedpoint
+from fedface_common.secagg.device import DeviceRefusal, SecAggDevice
+from fedface_common.secagg.messages import MASKED_INPUT_TENSOR
+from fedface_common.secagg.task import SECAGG_META_KEY, SecAggTask, Stage, flatten
+from fedface_common.wire import Task
+
+if TYPE_CHECKING:
+    from device_agent.runner import Agent, RoundReport
+
+log = logging.getLogger(__name__)
+
+
+def _secure(task: Task) -> SecAggTask:
+    assert task.secagg is not None
+    return task.secagg
+
+
+def handle(agent: Agent, task: Task, train: Callable[[], RoundReport], report: RoundReport) -> RoundReport:
+    """Answer the stage the check-in named. `train` runs the round's local training and calls
+    `upload_masked` with the update (the runner's own training path)."""
+    from device_agent.runner import Outcome
+
+    sa = _secure(task)
+    journal = SecAggJournal(agent.state.root)
+    report.status, report.retry_after_s = Outcome.WAIT, sa.retry_after_s
+    report.message = f"secure round {task.round_id}: stage {sa.stage}"
+    if sa.params is None or sa.stage in (Stage.SELECT, Stage.DONE):
+        return report  # selection still running, or this device is not expected at the stage
+    assert agent.device_id is not None
+    stored = journal.load(task.round_id)
+    state = SecAggDevice.from_json(stored) if stored is not None else None
+    try:
+        if sa.stage == Stage.ADVERTISE:
+            if state is None:
+                state = SecAggDevice.create(sa.params, agent.device_id)
+                journal.save(task.round_id, state.to_json())
+            agent.client.secagg_post(task.round_id, sa.stage, state.advertise())
+        elif state is None:
+            # Keys lost (a new state dir mid-round): this device cannot take part any more.
+            report.status, report.code = Outcome.DROPPED, "secagg_state_lost"
+            report.message = f"secure round {task.round_id}: no keys of this round on this device; left out"
+        elif sa.stage == Stage.SHARE_KEYS and sa.neighbour_keys is not None:
+            state, message = state.share_keys(sa.neighbour_keys)
+            journal.save(task.round_id, state.to_json())
+            agent.client.secagg_post(task.round_id, sa.stage, message)
+        elif sa.stage == Stage.MASKED_INPUT and sa.forwarded is not None:
+            if agent.state.last_submitted_round() != task.round_id:
+                return train()
+        elif sa.stage == Stage.UNMASK and sa.unmask_request is not None:
+            state, response = state.unmask(sa.unmask_request)
+            journal.save(task.round_id, state.to_json())
+            agent.client.secagg_post(task.round_id, sa.stage, response)
+            report.status, report.retry_after_s = Outcome.SUBMITTED, None
+            report.message = f"secure round {task.round_id}: unmasking shares sent"
+    except DeviceRefusal as exc:
+        # The protocol's guarantees forbid the step (too few neighbours, a request for both shares).
+        report.status, report.code = Outcome.DROPPED, "secagg_refused"
+        report.message = f"secure round {task.round_id}: refused the {sa.stage} stage: {exc}"
+    except ApiError as exc:
+        if exc.retryable:
+            raise
+        # E.g. the stage closed meanwhile (secagg_wrong_stage): the next check-in says what is next.
+        report.code, report.message = exc.code, f"secure round {task.round_id}: {exc}"
+    return report
+
+
+def upload_masked(agent: Agent, task: Task, update: Mapping[str, np.ndarray], num_samples: int,
+                  metrics: dict[str, Any], report: RoundReport) -> RoundReport:
+    """Flatten, clip, encode, mask, journal, upload."""
+    from device_agent.runner import Outcome
+
+    sa = _secure(task)
+    assert sa.params is not None and sa.forwarded is not None
+    journal = SecAggJournal(agent.state.root)
+    stored = journal.load(task.round_id)
+    if stored is None:
+        report.status, report.code = Outcome.DROPPED, "secagg_state_lost"
+        return report
+    x = fixedpoint.encode(flatten(update, sa.layout), sa.params.clip_norm, sa.params.scale)
+    try:
+        state, masked, meta = SecAggDevice.from_json(stored).mask(x, sa.forwarded)
+    except DeviceRefusal as exc:
+        report.status, report.code = Outcome.DROPPED, "secagg_refused"
+        report.message = f"secure round {task.round_id}: refused to mask: {exc}"
+        return report
+    journal.save(task.round_id, state.to_json())
+    body = tensors.encode({MASKED_INPUT_TENSOR: masked}, {SECAGG_META_KEY: meta.model_dump_json()})
+    pending = Pending(task.round_id, task.model_version, num_samples, sha256_hex(body), task.training.algorithm,
+                      metrics)
+    agent.state.save_pending(pending, body)
+    resp = agent.client.submit(task.round_id, body, num_samples, task.model_version, metrics)
+    agent.state.mark_submitted(task.round_id, resp.update_id)
+    report.status, report.retry_after_s, report.update_id = Outcome.WAIT, sa.retry_after_s, resp.update_id
+    report.message = f"secure round {task.round_id}: masked update {resp.update_id} accepted; unmasking follows"
+    return report
