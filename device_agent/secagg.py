@@ -7,15 +7,16 @@ agent trains as in any round, flattens its update in the order the task names, c
 fixed point with the task's clip and scale, masks it and uploads it as the round's update (journaled like
 any update, so a lost answer is resent byte for byte).
 
-What leaves the device in a secure round: two public keys, shares of its own secrets encrypted to its
-neighbours, the masked vector (uniformly random to anyone without the other devices' secrets) and the
-shares it holds of its neighbours' secrets, one kind per neighbour."""
+What leaves the device in a secure round (no sample count, no training metrics): two public keys,
+shares of its own secrets encrypted to its neighbours, the masked vector (uniformly random to anyone
+without the other devices' secrets) and the shares it holds of its neighbours' secrets, one kind per
+neighbour."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -88,8 +89,7 @@ def handle(agent: Agent, task: Task, train: Callable[[], RoundReport], report: R
     return report
 
 
-def upload_masked(agent: Agent, task: Task, update: Mapping[str, np.ndarray], num_samples: int,
-                  metrics: dict[str, Any], report: RoundReport) -> RoundReport:
+def upload_masked(agent: Agent, task: Task, update: Mapping[str, np.ndarray], report: RoundReport) -> RoundReport:
     """Flatten, clip, encode, mask, journal, upload."""
     from device_agent.runner import Outcome
 
@@ -109,10 +109,11 @@ def upload_masked(agent: Agent, task: Task, update: Mapping[str, np.ndarray], nu
         return report
     journal.save(task.round_id, state.to_json())
     body = tensors.encode({MASKED_INPUT_TENSOR: masked}, {SECAGG_META_KEY: meta.model_dump_json()})
-    pending = Pending(task.round_id, task.model_version, num_samples, sha256_hex(body), task.training.algorithm,
-                      metrics)
+    # Unit weights: the sample count and the training metrics are data about the device that the sum does
+    # not need, so neither leaves it (the count header is required: it says 1).
+    pending = Pending(task.round_id, task.model_version, 1, sha256_hex(body), task.training.algorithm, {})
     agent.state.save_pending(pending, body)
-    resp = agent.client.submit(task.round_id, body, num_samples, task.model_version, metrics)
+    resp = agent.client.submit(task.round_id, body, 1, task.model_version, {})
     agent.state.mark_submitted(task.round_id, resp.update_id)
     report.status, report.retry_after_s, report.update_id = Outcome.WAIT, sa.retry_after_s, resp.update_id
     report.message = f"secure round {task.round_id}: masked update {resp.update_id} accepted; unmasking follows"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedface_common.secagg.messages import SHARE_CIPHERTEXT_BYTES, EncryptedShare, ShareKeys, UnmaskResponse
-from fedface_common.tensors import decode
+from fedface_common.tensors import decode, encode
 from tests.support.fleet import ADMIN, delta, delta_bytes, enroll, get_round, register_model, start_round, tiny_model
 from tests.support.live import wait_until
 from tests.support.secure import SecureDevice, run_secure_round, secure_params, wait_stage
@@ -173,3 +173,24 @@ def test_algorithms_that_read_single_updates_refuse_secure_aggregation(api: http
         "algorithm": algorithm, "target_devices": 3, "min_devices": 2, "params": secure_params()})
     assert r.status_code == 422 and r.json()["code"] == "invalid_config"
     assert "secagg" in r.json()["detail"]
+
+
+def test_a_secure_fedface_private_round_commits_the_mean(api: httpx.Client) -> None:
+    base = tiny_model()
+    version = register_model(api, base)
+    centres = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    r = api.put(f"/v1/admin/models/{version['id']}/class-centres", content=encode({"class_centres": centres}),
+                headers=ADMIN)
+    assert r.status_code == 200, r.text
+    devices = [SecureDevice(d, u) for d, u in zip(enroll(api, N), _updates(N), strict=True)]
+    rnd = start_round(api, algorithm="fedface-private", target_devices=N, min_devices=3, deadline_s=30,
+                      params=secure_params())
+    task = devices[0].task()[0]
+    assert "secagg" not in task["training"]["params"]  # the devices' settings come in the task's own block
+    done = run_secure_round(api, int(rnd["id"]), devices, silent={"share_keys": {2}})
+    assert done["state"] == "committed", done["failure_reason"]
+    model = _model(api, done["result_version_id"])
+    bound = done["metrics"]["secagg"]["error_bound_mean"]
+    for name in ("layer.weight", "layer.bias"):
+        want = base[name] + np.mean([u[name] for i, u in enumerate(_updates(N)) if i != 2], axis=0)
+        np.testing.assert_allclose(model[name], want, rtol=0, atol=bound + 1e-6)
