@@ -75,7 +75,7 @@ def handle(agent: Agent, task: Task, train: Callable[[], RoundReport], report: R
             state, response = state.unmask(sa.unmask_request)
             journal.save(task.round_id, state.to_json())
             agent.client.secagg_post(task.round_id, sa.stage, response)
-            report.status, report.retry_after_s = Outcome.SUBMITTED, None
+            report.status = Outcome.SUBMITTED  # retry_after_s stays: the stage is open until all have answered
             report.message = f"secure round {task.round_id}: unmasking shares sent"
     except DeviceRefusal as exc:
         # The protocol's guarantees forbid the step (too few neighbours, a request for both shares).

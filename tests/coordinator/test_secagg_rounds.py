@@ -194,3 +194,18 @@ def test_a_secure_fedface_private_round_commits_the_mean(api: httpx.Client) -> N
     for name in ("layer.weight", "layer.bias"):
         want = base[name] + np.mean([u[name] for i, u in enumerate(_updates(N)) if i != 2], axis=0)
         np.testing.assert_allclose(model[name], want, rtol=0, atol=bound + 1e-6)
+
+
+def test_secure_aggregation_with_central_dp_noises_the_unmasked_sum(api: httpx.Client) -> None:
+    register_model(api)
+    adaptive = api.post("/v1/admin/rounds", headers=ADMIN, json={
+        "algorithm": "fedavg-plain", "target_devices": N, "min_devices": 3, "over_selection": 1.0,
+        "params": {**secure_params(), "dp": {"noise_multiplier": 1.0}}})
+    assert adaptive.status_code == 422 and adaptive.json()["code"] == "invalid_config"
+    devices = [SecureDevice(d, u) for d, u in zip(enroll(api, N), _updates(N), strict=True)]
+    rnd = start_round(api, algorithm="fedavg-plain", target_devices=N, min_devices=3, over_selection=1.0,
+                      params={**secure_params(clip_norm=10.0), "dp": {"noise_multiplier": 1.0, "clip": 10.0}})
+    done = run_secure_round(api, int(rnd["id"]), devices)
+    assert done["state"] == "committed", done["failure_reason"]
+    assert done["metrics"]["secagg"]["survivors"] == N
+    assert done["metrics"]["dp"]["noise_stddev"] == pytest.approx(10.0)
