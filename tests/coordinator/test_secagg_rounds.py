@@ -124,6 +124,13 @@ def test_resent_and_misaddressed_messages_are_refused_and_change_nothing(api: ht
     assert r.status_code == 409 and r.json()["code"] == "secagg_duplicate_message"
 
     wait_stage(api, first, "masked_input")
+    # Another device's masked input, sent as its own: its metadata names the other device's masks.
+    _, sa = devices[1].task()
+    assert sa is not None and sa.forwarded is not None
+    their_body = devices[1].masked_body(sa, sa.forwarded)
+    theirs = first.device.submit(round_id, their_body, base_version=rnd["base_version_id"])
+    assert theirs.status_code == 422 and theirs.json()["code"] == "secagg_invalid_message"
+    assert get_round(api, round_id)["accepted"] == 0
     for d in devices:
         assert d.act("masked_input").status_code == 200  # type: ignore[union-attr]
     assert first.body is not None

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.secagg.protocol import ServerRound
 from coordinator.strategies import make_strategy
-from fedface_common.secagg.task import Stage
+from fedface_common.secagg.task import SecAggSettings, Stage
 from storage.models import Round, SecAggRound
 from storage.repositories.secagg import SecAggRepository
 
@@ -24,8 +24,8 @@ def is_secure(rnd: Round) -> bool:
     return isinstance(secagg, dict) and bool(secagg.get("enabled", True))
 
 
-def settings_of(rnd: Round) -> Any:
-    """The round's SecAggSettings (validated when the round started)."""
+def settings_of(rnd: Round) -> SecAggSettings:
+    """The round's settings (validated when the round started)."""
     settings = make_strategy(rnd.algorithm, rnd.config.get("params")).params.secagg
     assert settings is not None
     return settings
