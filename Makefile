@@ -43,7 +43,7 @@ demo: install
 	$(VENV)/bin/fedface demo
 
 # Both write into fedface-data/, not over a committed result in docs/results/ (each names the machine
-# class it ran on; docs/benchmarks.md has the commands that made them).
+# class it ran on and the command that made it; docs/benchmarks.md says what each bench measures).
 bench-ingest: install
 	$(VENV)/bin/fedface bench ingest --devices 500 --params 1000000 --out fedface-data/ingest.json
 
