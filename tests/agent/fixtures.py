@@ -5,10 +5,6 @@ stand-in, so neither Postgres nor Redis is needed)."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +17,8 @@ import torch
 
 from fedface_common.face.checkpoint import encode_model
 from fedface_common.face.manifest import ModelManifest
+from tests.support.live import wait_until
+from tests.support.proc import embedded_coordinator
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "agent-test-admin-token-0123456789"
@@ -54,23 +52,6 @@ def identities(n: int, min_photos: int = 3) -> list[Path] | str:
     return f"fewer than {n} identities with >= {min_photos} photos in {clients}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def poll(check: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    """check() until it returns something truthy, within timeout_s (a bounded wait, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"{what}: not within {timeout_s} s")
-
-
 @dataclass
 class Coordinator:
     url: str
@@ -102,7 +83,8 @@ class Coordinator:
             r = self.round(round_id)
             return r if r["state"] in ("committed", "failed", "cancelled") else None
 
-        result: dict[str, Any] = poll(done, timeout_s, f"round {round_id} to finish", 0.1)
+        result = wait_until(done, timeout=timeout_s, interval=0.1, what=f"round {round_id} to finish")
+        assert result is not None  # wait_until returns only a truthy value
         return result
 
     def models(self) -> list[dict[str, Any]]:
@@ -121,38 +103,10 @@ class Coordinator:
 @contextmanager
 def serve_coordinator(data_dir: Path) -> Iterator[Coordinator]:
     """`fedface serve` as a subprocess on a free port; stopped on exit."""
-    port = free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFACE_")}
-    # Fast ticks and short idle waits keep the rounds quick; the check-in rate limit is
-    # lifted because the test agents check in far more often than phones would.
-    env.update(FEDFACE_ADMIN_TOKEN=ADMIN_TOKEN, FEDFACE_DATA_DIR=str(data_dir), FEDFACE_TICK_INTERVAL_S="0.1",
-               FEDFACE_IDLE_RETRY_S="1", FEDFACE_CHECKIN_RATE_PER_MIN="100000", FEDFACE_LOG_LEVEL="WARNING")
-    log = data_dir / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "fedface_cli.main", "serve", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    admin = httpx.Client(base_url=url, timeout=30.0, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    try:
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"coordinator exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                return admin.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False  # not listening yet
-
-        try:
-            poll(ready, 60.0, "coordinator readiness")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{log.read_text()[-4000:]}") from exc
-        yield Coordinator(url, admin, log)
-    finally:
-        admin.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    # Short idle waits keep the rounds quick; the check-in rate limit is lifted because
+    # the test agents check in far more often than phones would.
+    with embedded_coordinator(data_dir, ADMIN_TOKEN, FEDFACE_IDLE_RETRY_S="1",
+                              FEDFACE_CHECKIN_RATE_PER_MIN="100000") as proc, \
+            httpx.Client(base_url=proc.url, timeout=30.0,
+                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        yield Coordinator(proc.url, admin, proc.log_path)

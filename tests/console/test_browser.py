@@ -67,7 +67,10 @@ def _screenshot(driver: WebDriver, path: Path) -> None:
     """The whole page: the window grows to the document's height first."""
     height = int(driver.execute_script("return document.documentElement.scrollHeight"))
     driver.set_window_size(1360, min(max(height, 700), 6000))
-    time.sleep(0.3)
+    # The second animation frame after the resize comes once the page is laid out and painted at the
+    # new size: waiting for it, rather than for a fixed delay, keeps the screenshot whole on a slow host.
+    driver.execute_async_script(
+        "const done = arguments[arguments.length - 1]; requestAnimationFrame(() => requestAnimationFrame(done));")
     assert driver.save_screenshot(str(path))
     driver.set_window_size(1360, 1000)
     out = os.environ.get("FEDFACE_CONSOLE_SCREENSHOTS")

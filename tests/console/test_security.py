@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from contextlib import closing
 
 import httpx
@@ -15,7 +14,7 @@ from tests.conftest import ADMIN_TOKEN
 from tests.console.conftest import csrf_of, post_form, sign_in
 from tests.console.data import committed_round
 from tests.support.fleet import ADMIN, enroll, register_model
-from tests.support.live import LiveServer, serving
+from tests.support.live import LiveServer, serving, wait_until
 
 PAGES = ["/console", "/console/rounds", "/console/rounds/new", "/console/trends", "/console/models",
          "/console/devices", "/console/tokens", "/console/audit", "/console/models/rollback"]
@@ -139,11 +138,16 @@ def test_sign_out_ends_the_session_even_for_a_copied_cookie(server: LiveServer) 
 def test_sessions_expire(settings: Settings) -> None:
     with serving(settings.model_copy(update={"console_session_s": 1.0})) as api:
         browser = sign_in(str(api.base_url))
-        assert browser.get("/console").status_code == 200
-        time.sleep(2.2)
-        assert browser.get("/console").status_code == 303
-        assert browser.get("/console/fragments/overview").status_code == 401
+        cookie = browser.cookies.get(SESSION_COOKIE, path="/console")
         browser.close()
+        assert cookie
+        # The cookie is replayed without its Max-Age, so that only the server can end the session.
+        with httpx.Client(base_url=api.base_url, timeout=30, follow_redirects=False) as replay:
+            replay.cookies.set(SESSION_COOKIE, cookie, path="/console")
+            assert replay.get("/console").status_code == 200
+            wait_until(lambda: replay.get("/console").status_code == 303, timeout=10, interval=0.2,
+                       what="the console session to expire")
+            assert replay.get("/console/fragments/overview").status_code == 401
 
 
 def test_a_new_admin_token_ends_every_session(settings: Settings) -> None:

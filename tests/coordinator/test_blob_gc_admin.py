@@ -1,30 +1,24 @@
 """Blob collection as an operator and the fleet meet it: the admin route (admin
-credential only) and `fedface admin blobs gc` over real HTTP, the scheduled pass
-of a live coordinator, and the lease that lets one replica collect at a time."""
+credential only) over real HTTP, the scheduled pass of a live coordinator, and
+the lease that lets one replica collect at a time."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
-from typer.testing import CliRunner
 
 from coordinator.context import build_context
 from coordinator.engine.blob_collector import BlobCollector
 from coordinator.settings import Settings
-from fedface_cli.main import app
 from storage.blobs import LocalBlobStore
 from storage.db import utcnow
-from tests.cli_fixtures import serve_coordinator, tiny_model_bytes
 from tests.support.blob_age import backdate
 from tests.support.fleet import ADMIN, enroll, register_model
 from tests.support.live import LiveServer, wait_until
 
 OLD = timedelta(hours=3)
-runner = CliRunner()
 
 
 def _old_blob(store: LocalBlobStore, data: bytes) -> str:
@@ -52,34 +46,6 @@ def test_the_admin_route_needs_the_admin_credential(api: httpx.Client, settings:
     audit = api.get("/v1/admin/audit", headers=ADMIN).json()
     assert [(e["action"], e["details"]["blobs_removed"]) for e in audit if e["action"] == "blobs.gc"] == [
         ("blobs.gc", 1)]
-
-
-def test_cli_dry_run_changes_nothing(tmp_path: Path) -> None:
-    with serve_coordinator(tmp_path / "coordinator") as served:
-        store = LocalBlobStore(served.data_dir / "blobs")
-        model = tmp_path / "tiny.safetensors"
-        model.write_bytes(tiny_model_bytes())
-
-        def admin(*args: str) -> str:
-            result = runner.invoke(app, ["admin", "--server", served.url, "--token", served.token, *args],
-                                   env={"COLUMNS": "200"})
-            assert result.exit_code == 0, result.stdout + result.stderr
-            return result.stdout
-
-        version = json.loads(admin("--json", "models", "register", str(model), "--serve"))
-        backdate(store, version["sha256"], utcnow() - OLD)
-        garbage = _old_blob(store, b"a superseded partial sum")
-        listed = sorted(p.name for p in store.root.rglob("*") if p.is_file())
-
-        report = json.loads(admin("--json", "blobs", "gc", "--dry-run"))
-        assert report["dry_run"] is True and [o["key"] for o in report["blobs_removed"]] == [garbage]
-        assert report["blobs_referenced"] == 1
-        table = admin("blobs", "gc", "--dry-run")
-        assert "dry run: nothing removed" in table and garbage in table
-        assert sorted(p.name for p in store.root.rglob("*") if p.is_file()) == listed
-
-        assert garbage in admin("blobs", "gc")
-        assert not store.path_of(garbage).exists() and store.path_of(version["sha256"]).is_file()
 
 
 def test_a_live_coordinator_collects_on_its_schedule(settings: Settings) -> None:

@@ -16,6 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from storage.blobs import BlobNotFound, BlobStore, LocalBlobStore
+from tests.support.live import free_port
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -215,12 +216,7 @@ async def test_s3_ping_fails_without_bucket(s3_client: Any, tmp_path: Path) -> N
 
 
 async def test_s3_ping_fails_when_unreachable(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:  # a free port with nobody listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    client = _client(f"http://127.0.0.1:{port}")
+    client = _client(f"http://127.0.0.1:{free_port()}")  # a free port: nobody listens there
     store = S3BlobStore(client, "b", "", create_bucket=True, tmp_dir=tmp_path)
     with pytest.raises(Exception):  # noqa: B017 - botocore EndpointConnectionError
         await store.ping()
@@ -270,15 +266,11 @@ async def test_factory_s3(s3_endpoint: str, tmp_path: Path) -> None:
 async def test_factory_s3_ping_fails_fast_when_unreachable(tmp_path: Path) -> None:
     # /readyz waits ~3 s per check; the probe must give up before that rather
     # than leave a worker thread retrying in the background.
-    import socket
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     settings = _settings(
         blob_backend="s3",
-        s3_endpoint_url=f"http://127.0.0.1:{port}",
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",  # a free port: nobody listens there
         s3_access_key_id=SecretStr("testing"),
         s3_secret_access_key=SecretStr("testing"),
     )

@@ -1,13 +1,14 @@
-"""The coordinator on a real loopback socket, in a thread of the test process."""
+"""The coordinator on a real loopback socket, in a thread of the test process; the free-port helper and
+the poller every test waits with."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import uvicorn
@@ -15,20 +16,22 @@ import uvicorn
 from coordinator.app import create_app
 from coordinator.settings import Settings
 
+# The benchmarks' port helper, re-exported: the tests and the benches pick ports one way.
+from fedface_lab.bench_servers import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["LiveServer", "free_port", "serving", "wait_until"]
 
 
-def wait_until(predicate: object, timeout: float = 20.0, interval: float = 0.02, what: str = "condition") -> None:
-    """Poll a condition with a deadline; tests wait on state, never on a fixed delay."""
+def wait_until(predicate: object, timeout: float = 20.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll a condition with a deadline and return its first truthy value; tests wait on state,
+    never on a fixed delay. (`predicate` is typed loosely so that lambdas over attributes narrowed
+    by the caller type-check.)"""
     assert callable(predicate)
     end = time.monotonic() + timeout
     while True:
-        if predicate():
-            return
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > end:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(interval)

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from fedface_cli.main import app
-from tests.cli_fixtures import ServedCoordinator, serve_coordinator, tiny_model_bytes
+from tests.cli.fixtures import ServedCoordinator, serve_coordinator, tiny_model_bytes
 
 runner = CliRunner()
 
