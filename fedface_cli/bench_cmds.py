@@ -72,6 +72,8 @@ def fedface(
                              help="JSON results (the table and plot go beside it); the committed tables in"
                              " docs/results/ are written only when --out names them"),
     quick: bool = typer.Option(False, "--quick", help="Fewer rounds of 50 devices, 1 seed, a shorter centralized run"),
+    privacy: bool = typer.Option(False, "--privacy", help="fedface-private alone, with secure aggregation and with"
+                                 " central DP at epsilon 1, 4 and 8 (seed 0)"),
     start: str = typer.Option("face-api", help="face-api: dlib's ResNet imported from the pinned npm package; "
                                                "pretrain: a MobileFaceNet pretrained on CFP (cached)"),
     data: Path = typer.Option(Path("../shared/data"), envvar="FEDFACE_DATA", help="Face data root"),
@@ -89,7 +91,11 @@ def fedface(
         raise typer.BadParameter(f"no face data at {data}: set FEDFACE_DATA or --data")
     if start not in ("face-api", "pretrain"):
         raise typer.BadParameter("--start must be face-api or pretrain")
-    if start == "face-api":
+    if privacy and (quick or start != "face-api"):
+        raise typer.BadParameter("--privacy is its own plan, from dlib's network: without --quick or --start")
+    if privacy:
+        plan = ExperimentPlan.privacy(data)
+    elif start == "face-api":
         plan = ExperimentPlan.quick(data) if quick else ExperimentPlan.full(data)
     else:
         plan = ExperimentPlan.quick_pretrained(data) if quick else ExperimentPlan.full_pretrained(data)

@@ -16,6 +16,7 @@ not held to a weaker recipe than the federated rows."""
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import time
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from coordinator.privacy.accountant import noise_for_epsilon
 from fedface_lab.centralized import CentralizedConfig, centralized_finetune
 from fedface_lab.datasets import read_clients
 from fedface_lab.dev_eval import DevEvaluator
@@ -86,6 +88,16 @@ class ExperimentPlan:
     # default bounds and with them off (first seed only): what one hostile device in ten can do.
     attackers: float = 0.0
     attack_scale: float = 100.0
+    # Which federated methods run (each with every seed), and whether the centralized row does.
+    methods: tuple[str, ...] = METHODS
+    centralized: bool = True
+    # fedface-private with secure aggregation, and with central DP at these epsilons over the whole run (at
+    # dp_delta; the noise multiplier from the accountant for the plan's population, devices per round and
+    # rounds), each clipping updates to dp_clip (first seed only).
+    secagg: bool = False
+    dp_epsilons: tuple[float, ...] = ()
+    dp_delta: float = 1e-5
+    dp_clip: float = 1.0
 
     @staticmethod
     def full(data: Path) -> ExperimentPlan:
@@ -98,6 +110,12 @@ class ExperimentPlan:
     def quick(data: Path) -> ExperimentPlan:
         """The full plan with one seed and without the int8 and attacker rows, within 15 minutes."""
         return replace(ExperimentPlan.full(data), name="quick", seeds=(0,), encodings=(), attackers=0.0)
+
+    @staticmethod
+    def privacy(data: Path) -> ExperimentPlan:
+        """fedface-private as in the full plan (seed 0), with secure aggregation and with DP at three budgets."""
+        return replace(ExperimentPlan.full(data), name="privacy", seeds=(0,), encodings=(), attackers=0.0,
+                       methods=("fedface-private",), centralized=False, secagg=True, dp_epsilons=(1.0, 4.0, 8.0))
 
     @staticmethod
     def full_pretrained(data: Path) -> ExperimentPlan:
@@ -210,26 +228,9 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
     rows = [_row("pretrained", [pre_eval], 0, pretrain_s, None)]
     log(f"pretrained: {_fmt(pre_eval)}")
 
-    # The upper bound first: cheap next to the simulations, and a failure shows early.
-    t0 = time.perf_counter()
-    central = centralized_finetune(CentralizedConfig(pretrained=model, data_root=data,
-                                                     out=work_dir / "centralized.safetensors",
-                                                     epochs=plan.centralized_epochs, lr=plan.centralized_lr,
-                                                     max_identities=plan.centralized_identities,
-                                                     frozen=list(plan.params.get("fedface", {}).get("frozen", [])),
-                                                     scale=plan.centralized_scale))
-    central_row = _row("centralized", [evaluator(central, plan.rounds)], 0, time.perf_counter() - t0, None)
-    log(f"centralized: {_fmt(central_row)}")
-    central_rows = [central_row]
-    if plan.centralized_lda:
-        t0 = time.perf_counter()
-        names = ([name for name, _ in read_clients(data / "protocol" / "clients.txt")][:plan.centralized_identities]
-                 if plan.centralized_identities else None)
-        central_lda = recentre(central, data, work_dir / "centralized-lda.safetensors", plan.lda_dims,
-                               plan.lda_shrinkage, names, plan.lda_mirror)
-        central_rows.append(_row("centralized+lda", [evaluator(central_lda, plan.rounds)], 0,
-                                 time.perf_counter() - t0, None))
-        log(f"centralized+lda: {_fmt(central_rows[-1])}")
+    central_rows: list[dict[str, Any]] = []
+    if plan.centralized:
+        central_rows = _centralized_rows(plan, data, work_dir, model, evaluator, log)
 
     fedface_params = plan.params.get("fedface", {})
     lda_params = {**fedface_params, "embedding_lda_dims": plan.lda_dims,
@@ -248,7 +249,7 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
     curves: dict[str, dict[str, list[Any]]] = {}
     # (row, algorithm, params, seeds): the methods, then FedFace with each compact update encoding
     # (first seed only: what the encoding costs in accuracy and saves in bytes).
-    runs = [(m, m, plan.params.get(m, {}), plan.seeds, 0.0) for m in METHODS]
+    runs = [(m, m, plan.params.get(m, {}), plan.seeds, 0.0) for m in plan.methods]
     runs += [(f"fedface ({enc} updates)", "fedface", {**plan.params.get("fedface", {}), "update_encoding": enc},
               plan.seeds[:1], 0.0) for enc in plan.encodings]
     if plan.attackers:
@@ -257,6 +258,7 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
         runs += [(f"fedface ({share}, bounded)", "fedface", plan.params.get("fedface", {}), plan.seeds[:1],
                   plan.attackers),
                  (f"fedface ({share}, unbounded)", "fedface", unbounded, plan.seeds[:1], plan.attackers)]
+    runs += _privacy_runs(plan)
     for name, method, params, seeds, attackers in runs:
         evals, walls, bytes_up = [], [], []
         closing: list[tuple[dict[str, Any], float, float]] = []
@@ -308,6 +310,48 @@ def run_experiment(plan: ExperimentPlan, data: Path, work_dir: Path, log: Callab
         "wall_s": round(time.perf_counter() - started, 1), "finished_at": datetime.now(UTC).isoformat(),
         "machine": {**machine_info(), **float_kernels()},
     }
+
+
+def _centralized_rows(plan: ExperimentPlan, data: Path, work_dir: Path, model: Path, evaluator: Evaluator,
+                      log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The upper bound: the same layers fine-tuned on the pooled client photos (and its discriminant)."""
+    t0 = time.perf_counter()
+    central = centralized_finetune(CentralizedConfig(pretrained=model, data_root=data,
+                                                     out=work_dir / "centralized.safetensors",
+                                                     epochs=plan.centralized_epochs, lr=plan.centralized_lr,
+                                                     max_identities=plan.centralized_identities,
+                                                     frozen=list(plan.params.get("fedface", {}).get("frozen", [])),
+                                                     scale=plan.centralized_scale))
+    central_row = _row("centralized", [evaluator(central, plan.rounds)], 0, time.perf_counter() - t0, None)
+    log(f"centralized: {_fmt(central_row)}")
+    central_rows = [central_row]
+    if plan.centralized_lda:
+        t0 = time.perf_counter()
+        names = ([name for name, _ in read_clients(data / "protocol" / "clients.txt")][:plan.centralized_identities]
+                 if plan.centralized_identities else None)
+        central_lda = recentre(central, data, work_dir / "centralized-lda.safetensors", plan.lda_dims,
+                               plan.lda_shrinkage, names, plan.lda_mirror)
+        central_rows.append(_row("centralized+lda", [evaluator(central_lda, plan.rounds)], 0,
+                                 time.perf_counter() - t0, None))
+        log(f"centralized+lda: {_fmt(central_rows[-1])}")
+    return central_rows
+
+
+def _privacy_runs(plan: ExperimentPlan) -> list[tuple[str, str, dict[str, Any], tuple[int, ...], float]]:
+    """fedface-private with secure aggregation, and with central DP at each of the plan's epsilons."""
+    base = plan.params.get("fedface-private", {})
+    runs: list[tuple[str, str, dict[str, Any], tuple[int, ...], float]] = []
+    if plan.secagg:
+        runs.append(("fedface-private (secure aggregation)", "fedface-private",
+                     {**base, "secagg": {"clip_norm": plan.dp_clip}}, plan.seeds[:1], 0.0))
+    for eps in plan.dp_epsilons:
+        z = noise_for_epsilon(plan.devices, plan.per_round, plan.rounds, eps, plan.dp_delta)
+        # Rounded up: a slightly larger z keeps the run within its epsilon.
+        dp = {"mode": "central", "noise_multiplier": math.ceil(z * 1e4) / 1e4, "clip": plan.dp_clip,
+              "delta": plan.dp_delta}
+        runs.append((f"fedface-private (DP, epsilon {eps:g})", "fedface-private", {**base, "dp": dp},
+                     plan.seeds[:1], 0.0))
+    return runs
 
 
 def _keep_only_final_model(sim_dir: Path) -> None:
