@@ -77,7 +77,19 @@ def test_each_closing_round_folds_the_discriminant_of_its_own_seeds_trained_mode
 
 def test_gap_shares_and_the_report(experiment: Experiment, tmp_path: Path) -> None:
     result, _, _ = experiment
-    assert {k: result[k] for k in gaps_closed(result["rows"])} == gaps_closed(result["rows"])
+    # Each row's share of the gap, from the TARs the rows report: against centralized for every
+    # trained or transformed row, and against centralized+lda for the discriminant rows too.
+    tar = {r["method"]: r["tar@far=0.001"] for r in result["rows"]}
+
+    def share(method: str, bound: str) -> float | None:
+        gap = tar[bound] - tar["pretrained"]
+        return (tar[method] - tar["pretrained"]) / gap if gap > 0 else None
+
+    expected = {f"{m}_gap_closed_tar@far=0.001": share(m, "centralized")
+                for m in ("lda", "fedface", "fedface+lda", "fedavg", "fedface-private")}
+    expected |= {f"{m}_gap_to_centralized+lda_closed_tar@far=0.001": share(m, "centralized+lda")
+                 for m in ("lda", "fedface+lda")}
+    assert {k: v for k, v in result.items() if "_gap_" in k} == pytest.approx(expected, abs=1e-12)
     md = write_report(result, tmp_path / "t.md", tmp_path / "t.png")
     assert "| fedface+lda |" in md and (tmp_path / "t.png").stat().st_size > 0
     assert "fedface+lda_gap_to_centralized+lda_closed_tar@far=0.001" in result
