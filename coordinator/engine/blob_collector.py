@@ -8,12 +8,10 @@ just re-checked, see services/blob_gc.py); the lease saves the doubled work."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import structlog
 
 from coordinator.context import AppContext
+from coordinator.engine.periodic import PeriodicTask
 from coordinator.schemas import BlobGcReport
 from coordinator.services import blob_gc
 
@@ -21,28 +19,23 @@ log = structlog.get_logger("coordinator.blob_collector")
 LEASE = "blob-gc"
 
 
-class BlobCollector:
+class BlobCollector(PeriodicTask):
+    """One pass per interval across the fleet. On stop the lease is left to expire: a replica restarting does
+    not make the fleet collect again early."""
+
+    failure_event = "blob_gc_failed"
+    run_at_start = True
+
     def __init__(self, ctx: AppContext) -> None:
+        super().__init__()
         self.ctx = ctx
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+    @property
+    def interval_s(self) -> float:
+        return self.ctx.settings.blob_gc_interval_s
 
-    async def stop(self) -> None:
-        # The lease is left to expire: a replica restarting does not make the fleet collect again early.
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:  # Redis, the database or the store unreachable: try again next interval
-                log.exception("blob_gc_failed")
-            await asyncio.sleep(self.ctx.settings.blob_gc_interval_s)
+    async def run_pass(self) -> BlobGcReport | None:
+        return await self.run_once()
 
     async def run_once(self) -> BlobGcReport | None:
         """A pass if this replica holds (or takes) the lease; None otherwise."""

@@ -9,7 +9,6 @@ before folding it still counts, and counts once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 
 import structlog
@@ -17,6 +16,7 @@ import structlog
 from coordinator.context import AppContext
 from coordinator.engine.aggregation import round_aggregation
 from coordinator.engine.folding import AggregationError, fold_updates
+from coordinator.engine.periodic import PeriodicTask
 from coordinator.services import models as model_service
 from coordinator.strategies import Accumulator, make_strategy
 from fedface_common.tensors import decode, encode, metadata_of
@@ -48,31 +48,23 @@ def decode_accumulator(data: bytes) -> Accumulator:
     )
 
 
-class PartialFolder:
-    """Background task of every replica: fold own accepted updates of collecting rounds."""
+class PartialFolder(PeriodicTask):
+    """Background task of every replica: fold own accepted updates of collecting rounds. Each write persists
+    an O(model) accumulator, so batching (one pass per interval) matters more than latency here."""
+
+    failure_event = "partial_fold_failed"
 
     def __init__(self, ctx: AppContext) -> None:
+        super().__init__()
         self.ctx = ctx
-        self._task: asyncio.Task[None] | None = None
         self._cache: dict[int, tuple[Accumulator, set[int]]] = {}
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+    @property
+    def interval_s(self) -> float:
+        return self.ctx.settings.partial_fold_interval_s
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-
-    async def _loop(self) -> None:
-        # Each write persists an O(model) accumulator, so batching matters more than latency here.
-        while True:
-            await asyncio.sleep(self.ctx.settings.partial_fold_interval_s)
-            try:
-                await self.fold_pending()
-            except Exception:
-                log.exception("partial_fold_failed")
+    async def run_pass(self) -> int:
+        return await self.fold_pending()
 
     async def fold_pending(self) -> int:
         """Fold this replica's not-yet-folded updates of the collecting round; returns how many."""

@@ -20,8 +20,8 @@ from fastapi.routing import APIRoute
 from starlette.types import Message
 
 from coordinator.deps import get_ctx
-from coordinator.errors import InvalidHeader, InvalidJson, PayloadTooLarge
-from coordinator.services.headers import strict_int
+from coordinator.errors import InvalidJson, PayloadTooLarge
+from coordinator.services.headers import declared_length
 
 
 class BoundedJsonRoute(APIRoute):
@@ -47,13 +47,7 @@ def _is_json(content_type: str | None) -> bool:
 
 async def _read_bounded(request: Request, limit: int) -> Request:
     """The request again, with its body read (at most `limit` bytes) and, if JSON, parsed and cached."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        size = strict_int(declared)
-        if size is None:
-            raise InvalidHeader("Content-Length must be plain decimal digits")
-        if size > limit:
-            raise PayloadTooLarge(f"JSON body of {size} bytes exceeds the limit of {limit}", limit=limit)
+    declared_length(request.headers.get("content-length"), limit, "JSON body")
     chunks: list[bytes] = []
     received = 0
     async for chunk in request.stream():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from coordinator.errors import InvalidHeader, PayloadTooLarge
+
 # 18 digits: every such number fits a signed 64-bit column.
 MAX_DIGITS = 18
 _DECIMAL = re.compile(rf"0|[1-9][0-9]{{0,{MAX_DIGITS - 1}}}")
@@ -19,3 +21,15 @@ def strict_int(raw: str | None) -> int | None:
     if raw is None or _DECIMAL.fullmatch(raw) is None:
         return None
     return int(raw)
+
+
+def declared_length(raw: str | None, limit: int, what: str = "body") -> int | None:
+    """A request's Content-Length checked before a byte is read: plain decimal and within `limit`."""
+    if raw is None:
+        return None
+    size = strict_int(raw)
+    if size is None:
+        raise InvalidHeader("Content-Length must be plain decimal digits")
+    if size > limit:
+        raise PayloadTooLarge(f"{what} of {size} bytes exceeds the limit of {limit}", limit=limit)
+    return size

@@ -14,13 +14,12 @@ from safetensors import safe_open
 
 from coordinator.errors import (
     FedFaceError,
-    InvalidHeader,
     InvalidTensors,
     NonFiniteValues,
     PayloadTooLarge,
     TensorSpecMismatch,
 )
-from coordinator.services.headers import strict_int
+from coordinator.services.headers import declared_length
 from coordinator.strategies.robust import class_embedding_norm, update_norm
 from fedface_common import update_codec
 from fedface_common.tensors import (
@@ -43,12 +42,7 @@ async def receive(
     body: AsyncIterator[bytes], content_length: str | None, limit: int, blobs: BlobStore
 ) -> BlobWriter:
     """Stage a body in the blob store; the caller commits or aborts the writer."""
-    if content_length is not None:
-        declared = strict_int(content_length)
-        if declared is None:
-            raise InvalidHeader("Content-Length must be plain decimal digits")
-        if declared > limit:
-            raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit}", limit=limit)
+    declared_length(content_length, limit)
     writer = blobs.writer()
     try:
         async for chunk in body:
