@@ -1,8 +1,8 @@
 """What secure aggregation costs next to a plain round of the same updates, in one run.
 
 `coordinator.secagg.bench.bench_secagg` times one device's SecAgg+ stages and the server's unmasking. Here,
-around it, N updates of P parameters are generated (norm about the clip, so some are clipped) and both
-servers aggregate them in this process, without HTTP or storage (the same for both, so left out):
+around it, the survivors' updates of P parameters are generated (norm about the clip, so some are clipped)
+and both servers aggregate them in this process, without HTTP or storage (the same for both, so left out):
 
 * plain: decode each float32 safetensors body and fold it into a float64 sum (the round engine's fold),
   then take the mean;
@@ -44,13 +44,13 @@ def _machine() -> str:
     return f"{model or platform.processor()} ({os.cpu_count()} cores)"
 
 
-def _aggregate_both(devices: int, params: int, scale: float, seed: int, tick: Tick) -> dict[str, float]:
+def _aggregate_both(inputs: int, params: int, scale: float, seed: int, tick: Tick) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     plain_s = secure_s = 0.0
     fsum = np.zeros(params, dtype=np.float64)  # the plain server's sum
     clipped_sum = np.zeros(params, dtype=np.float64)  # the exact sum of clipped updates, for the error
     total: np.ndarray | None = None
-    for _ in range(devices):
+    for _ in range(inputs):
         update = (rng.normal(size=params) * (rng.uniform(0.5, 1.5) * CLIP_NORM / np.sqrt(params))).astype(np.float32)
         plain_body = encode({"w": update})
         x = fixedpoint.encode(update, CLIP_NORM, scale)
@@ -66,12 +66,12 @@ def _aggregate_both(devices: int, params: int, scale: float, seed: int, tick: Ti
         tick("aggregate")
     assert total is not None
     start = time.process_time()
-    _ = fsum / devices
+    _ = fsum / inputs
     plain_s += time.process_time() - start
     start = time.process_time()
-    mean = fixedpoint.decode(total, scale) / devices
+    mean = fixedpoint.decode(total, scale) / inputs
     secure_s += time.process_time() - start
-    error = float(np.max(np.abs(mean - clipped_sum / devices)))
+    error = float(np.max(np.abs(mean - clipped_sum / inputs)))
     return {"plain_round_s": plain_s, "secure_sum_s": secure_s, "max_abs_error": error}
 
 
@@ -80,12 +80,12 @@ def run_bench(devices: int, params: int, dropout: float, repeats: int, seed: int
     protocol_report = bench_secagg(params=params, devices=devices, neighbours=k if rule == "complete" else None,
                                    dropout=dropout, repeats=repeats, seed=seed)
     tick("protocol")
-    scale = fixedpoint.choose_scale(devices, CLIP_NORM)
-    both = _aggregate_both(devices, params, scale, seed, tick)
     r = protocol_report
+    survivors = devices - int(r["dropped"])
+    scale = fixedpoint.choose_scale(devices, CLIP_NORM)  # fixed for the selected devices, before any drop
+    both = _aggregate_both(survivors, params, scale, seed, tick)
     client_extra = sum(float(r[f"client_{s}_cpu_s"]) for s in ("encode", "advertise", "share_keys", "mask", "unmask"))
     secure_server = both["secure_sum_s"] + float(r["server_unmask_cpu_s"])
-    survivors = devices - int(r["dropped"])
     return {
         "devices": devices,
         "params": params,
@@ -103,7 +103,7 @@ def run_bench(devices: int, params: int, dropout: float, repeats: int, seed: int
         "bytes_extra_per_device": int(r["advertise_bytes"]) + int(r["share_keys_bytes"]) + int(r["forwarded_bytes"])
         + int(r["unmask_bytes"]),
         "max_abs_error": both["max_abs_error"],
-        "error_bound": fixedpoint.max_abs_error(devices, scale) / devices,
+        "error_bound": fixedpoint.max_abs_error(survivors, scale) / survivors,
         "scale": scale,
         "clip_norm": CLIP_NORM,
         "repeats": repeats,
