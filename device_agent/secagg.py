@@ -49,8 +49,8 @@ def handle(agent: Agent, task: Task, train: Callable[[], RoundReport], report: R
     journal = SecAggJournal(agent.state.root)
     report.status, report.retry_after_s = Outcome.WAIT, sa.retry_after_s
     report.message = f"secure round {task.round_id}: stage {sa.stage}"
-    if sa.params is None or sa.stage in (Stage.SELECT, Stage.DONE):
-        return report  # selection still running, or this device is not expected at the stage
+    if sa.params is None or sa.answered or sa.stage in (Stage.SELECT, Stage.DONE):
+        return report  # selection still running, already answered, or not expected at this stage
     assert agent.device_id is not None
     stored = journal.load(task.round_id)
     state = SecAggDevice.from_json(stored) if stored is not None else None

@@ -83,6 +83,7 @@ class SecAggTask(BaseModel):
     stage: Stage
     stage_deadline: float | None = Field(default=None, description="Seconds left in this stage")
     retry_after_s: float = Field(default=1.0, ge=0)
+    answered: bool = Field(default=False, description="This device's answer to the stage is stored: just wait")
     layout: list[LayoutEntry] = Field(default_factory=list, max_length=100_000,
                                       description="The update's tensors, in the order they are flattened")
     params: SecAggParams | None = None

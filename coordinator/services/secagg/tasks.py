@@ -15,6 +15,7 @@ from fedface_common.secagg.task import SecAggTask, Stage
 from storage.db import utcnow
 from storage.models import ModelVersion, Round
 from storage.repositories.secagg import SecAggRepository
+from storage.repositories.updates import UpdateRepository
 
 SELECT_RETRY_S = 1.0
 
@@ -43,6 +44,12 @@ async def task_for(session: AsyncSession, rnd: Round, device_id: uuid.UUID, stra
         return base
     update: dict[str, object] = {"params": params}
     repo = SecAggRepository(session)
+    if stage == Stage.MASKED_INPUT:
+        answered = await UpdateRepository(session).find(rnd.id, device_id) is not None
+    else:
+        answered = await repo.message(rnd.id, stage, device_id) is not None
+    if answered:  # spares the device a resend the server would answer as "replayed"
+        return base.model_copy(update={**update, "answered": True})
     if stage == Stage.SHARE_KEYS and me in state.keys:
         update["neighbour_keys"] = protocol.neighbour_keys_for(state, me)
     elif stage == Stage.MASKED_INPUT:
