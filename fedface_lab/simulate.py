@@ -169,10 +169,14 @@ class Simulation:
         cfg = self.cfg
         started = time.perf_counter()
         rnd = self.admin.start_round(config)
+        secure = bool((config.get("params") or {}).get("secagg"))
         with ThreadPoolExecutor(max(1, cfg.concurrency)) as pool:
-            reports: list[RoundReport] = list(pool.map(lambda a: a.run_round(), chosen))
+            if secure:
+                reports = self._secure_reports(pool, chosen, int(rnd["id"]))
+            else:
+                reports = list(pool.map(lambda a: a.run_round(), chosen))
         submitted = [r for r in reports if r.status in (Outcome.SUBMITTED, Outcome.RESUBMITTED)]
-        if len(submitted) < len(chosen):
+        if not secure and len(submitted) < len(chosen):
             # Some devices had nothing to send (no usable photo, dropped): close with what arrived.
             self.admin.stop_round(int(rnd["id"]))
         done = self._wait_final(int(rnd["id"]))
@@ -184,6 +188,30 @@ class Simulation:
             bytes_up_per_device=float(np.mean([r.bytes_sent for r in submitted])) if submitted else 0.0,
             seconds=round(time.perf_counter() - started, 2), server_metrics=dict(done.get("metrics") or {}),
         )
+
+    def _secure_reports(self, pool: ThreadPoolExecutor, chosen: list[Agent], round_id: int,
+                        timeout_s: float = 3600) -> list[RoundReport]:
+        """A secure round moves one stage per check-in (device_agent/secagg.py): every device checks in again
+        until the round leaves its active states, as phones would on their retry delays. Each device's report
+        is the one in which it trained (its metrics), with the bytes of all its stages."""
+        trained: dict[int, RoundReport] = {}
+        sent = [0] * len(chosen)
+        end = time.monotonic() + timeout_s
+        while self.admin.get_round(round_id)["state"] in ("collecting", "aggregating"):
+            if time.monotonic() > end:
+                raise TimeoutError(f"secure round {round_id} did not finish in {timeout_s} s")
+            for i, report in enumerate(pool.map(lambda a: a.run_round(), chosen)):
+                sent[i] += report.bytes_sent
+                if "loss_before" in report.metrics:
+                    trained[i] = report
+            time.sleep(0.2)  # the pace of a fleet's retries; each pass is one check-in per device
+        reports = []
+        for i in range(len(chosen)):
+            report = trained.get(i) or RoundReport(Outcome.DROPPED)
+            report.status = Outcome.SUBMITTED if i in trained else Outcome.DROPPED
+            report.bytes_sent = sent[i]
+            reports.append(report)
+        return reports
 
     def _wait_final(self, round_id: int, timeout_s: float = 3600) -> dict[str, Any]:
         end = time.monotonic() + timeout_s
