@@ -64,8 +64,10 @@ async def secure_sum(ctx: AppContext, round_id: int, strategy: Strategy, rows: l
     except SecAggProtocolError as exc:
         raise AggregationError(f"unmasking failed: {exc.code}: {exc}") from exc
     p = state.params
-    sums = unflatten(fixedpoint.decode(total, p.scale), round_layout(strategy, base))
+    decoded = fixedpoint.decode(total, p.scale)
     n = len(survivors)
+    mean_norm = _check_mean_norm(decoded, n, p.clip_norm, p.scale)
+    sums = unflatten(decoded, round_layout(strategy, base))
     acc = Accumulator(sums=sums, total_weight=float(n), count=n)
     if dp_state is not None:
         aggregation: BoundedAggregation = DpAggregation(strategy, dp_state)
@@ -77,4 +79,19 @@ async def secure_sum(ctx: AppContext, round_id: int, strategy: Strategy, rows: l
                "error_bound_sum": fixedpoint.max_abs_error(n, p.scale),
                "error_bound_mean": fixedpoint.max_abs_error(n, p.scale) / n,
                "unmask_s": round(time.perf_counter() - started, 4)}
+    if dp_state is None:  # with DP, a statistic of the exact sum would be a release the accountant misses
+        metrics["mean_norm"] = mean_norm
     return aggregation, acc, metrics
+
+
+def _check_mean_norm(decoded_sum: np.ndarray, n: int, clip_norm: float, scale: float) -> float:
+    """The mean of n inputs of norm <= clip_norm has norm <= clip_norm; decoding moves each coordinate by at
+    most 0.5 / scale. A mean beyond both means some input was not clipped (the server cannot see which, so
+    the clip is what bounds one device's influence under secure aggregation) or the sum wrapped: the round
+    fails rather than commit it."""
+    norm = float(np.linalg.norm(decoded_sum)) / n
+    slack = np.sqrt(decoded_sum.size) * fixedpoint.max_abs_error(n, scale) / n
+    if norm > clip_norm * (1 + 1e-9) + slack:
+        raise AggregationError(f"the unmasked mean has L2 norm {norm:.4g}, above clip_norm {clip_norm:g}: an input"
+                               " was not clipped, or the sum wrapped")
+    return norm

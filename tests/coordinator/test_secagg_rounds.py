@@ -10,7 +10,15 @@ import httpx
 import numpy as np
 import pytest
 
-from fedface_common.secagg.messages import SHARE_CIPHERTEXT_BYTES, EncryptedShare, ShareKeys, UnmaskResponse
+from fedface_common.secagg import fixedpoint
+from fedface_common.secagg.messages import (
+    MASKED_INPUT_TENSOR,
+    SHARE_CIPHERTEXT_BYTES,
+    EncryptedShare,
+    ShareKeys,
+    UnmaskResponse,
+)
+from fedface_common.secagg.task import SECAGG_META_KEY, flatten
 from fedface_common.tensors import decode, encode
 from tests.support.fleet import ADMIN, delta, delta_bytes, enroll, get_round, register_model, start_round, tiny_model
 from tests.support.live import wait_until
@@ -216,3 +224,23 @@ def test_secure_aggregation_with_central_dp_noises_the_unmasked_sum(api: httpx.C
     assert done["state"] == "committed", done["failure_reason"]
     assert done["metrics"]["secagg"]["survivors"] == N
     assert done["metrics"]["dp"]["noise_stddev"] == pytest.approx(10.0)
+
+
+def test_an_unclipped_input_that_pushes_the_mean_beyond_the_clip_fails_the_round(api: httpx.Client) -> None:
+    register_model(api)
+    versions = len(api.get("/v1/admin/models", headers=ADMIN).json())
+    rnd, devices = _secure_round(api, clip_norm=1.0)
+    # A dishonest device masks an update of norm 7 encoded as if the clip were 7 (the others clip to 1).
+    cheat = devices[0]
+
+    def unclipped(sa: Any, forwarded: Any) -> bytes:
+        assert cheat.state is not None
+        raw = flatten(cheat.update, sa.layout)
+        x = fixedpoint.encode(raw * (7.0 / np.linalg.norm(raw)), 7.0, sa.params.scale)
+        cheat.state, masked, meta = cheat.state.mask(x, forwarded)
+        return encode({MASKED_INPUT_TENSOR: masked}, {SECAGG_META_KEY: meta.model_dump_json()})
+
+    cheat.masked_body = unclipped  # type: ignore[method-assign]
+    done = run_secure_round(api, int(rnd["id"]), devices)
+    assert done["state"] == "failed" and "above clip_norm" in done["failure_reason"], done
+    assert len(api.get("/v1/admin/models", headers=ADMIN).json()) == versions
