@@ -106,16 +106,14 @@ def test_one_attacker_in_ten_moves_the_model_at_most_its_bounded_share(api: http
 
 
 def test_without_the_bound_the_same_attacker_poisons_the_model(api: httpx.Client) -> None:
-    """What the default prevents, shown once: with the bounds off, a filled update is the model, or the round
-    fails because the aggregate overflowed; either way it never stays stuck and the next round runs."""
+    """What the default prevents, shown once: with the bounds off, the filled update's weighted share (3e38 x
+    20/201, about 3e37) is what the committed model holds, and the next round still runs."""
     register_model(api, tiny_model())
     devices = enroll(api, 10)
     updates = [*[(_honest(i), n) for i, n in enumerate(HONEST_SAMPLES)], ATTACKS["filled-3e38"]()]
     done, _ = _round(api, devices, "fedavg", updates, {"robust": {"norm_bound": "off", "sample_cap": "off"}})
-    if done["state"] == "committed":
-        assert max(float(np.abs(w).max()) for w in _weights(api, done["result_version_id"]).values()) > 1e30
-    else:
-        assert "NaN or Inf" in done["failure_reason"]
+    assert done["state"] == "committed", done["failure_reason"]
+    assert max(float(np.abs(w).max()) for w in _weights(api, done["result_version_id"]).values()) > 1e37
     nxt, _ = _round(api, devices[:2], "fedavg", [(_honest(i), 10) for i in range(2)])
     assert nxt["state"] == "committed"
 

@@ -32,7 +32,7 @@ from storage.models import ModelVersion
 from storage.repositories.models_repo import ModelVersionRepository
 from tests.support.blob_age import backdate, backdate_staging
 from tests.support.fleet import ADMIN, Device, delta_bytes, enroll, get_round, register_model, start_round
-from tests.support.live import LiveServer, wait_until
+from tests.support.live import serving, wait_until
 
 OLD = timedelta(hours=3)  # past the default grace period (2 h) and staging age (30 min)
 # Fixed bounds: replicas fold partial sums from the first update on (adaptive ones wait for a window).
@@ -46,13 +46,8 @@ def gc_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def gc_api(gc_settings: Settings) -> Iterator[httpx.Client]:
-    srv = LiveServer(gc_settings)
-    srv.start()
-    try:
-        with httpx.Client(base_url=srv.url, timeout=30) as client:
-            yield client
-    finally:
-        srv.stop()
+    with serving(gc_settings) as client:
+        yield client
 
 
 @pytest.fixture

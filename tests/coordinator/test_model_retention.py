@@ -16,7 +16,7 @@ from coordinator.services.blob_gc import GcPolicy, collect
 from coordinator.settings import Settings
 from storage.db import utcnow
 from tests.support.fleet import ADMIN, delta_bytes, enroll, get_round, register_model, start_round, tiny_model
-from tests.support.live import LiveServer, wait_until
+from tests.support.live import serving, wait_until
 
 LATER = timedelta(hours=3)  # past the grace period, so every unreferenced blob is old enough to go
 
@@ -28,13 +28,8 @@ def keep_two(settings: Settings) -> Settings:
 
 @pytest.fixture
 def api(keep_two: Settings) -> Iterator[httpx.Client]:
-    srv = LiveServer(keep_two)
-    srv.start()
-    try:
-        with httpx.Client(base_url=srv.url, timeout=30) as client:
-            yield client
-    finally:
-        srv.stop()
+    with serving(keep_two) as client:
+        yield client
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from fedface_common.tensors import decode
 from tests.support.fleet import ADMIN, delta, enroll, get_round, register_model, start_round, tiny_model
 from tests.support.live import wait_until
 from tests.support.proc import CoordinatorProcess
-from tests.support.secure import STAGES, SecureDevice, secure_params, stage_of
+from tests.support.secure import STAGES, SecureDevice, secure_params, stage_of, wait_stage
 
 pytestmark = pytest.mark.faults
 N = 4
@@ -40,7 +40,7 @@ def test_killed_mid_stage_resumes_with_the_same_sum(proc_env: dict[str, str], tm
     for d in devices:
         d.task()
     for stage in STAGES:
-        wait_until(lambda s=stage, a=api: stage_of(a, devices[0]) == s, timeout=30, what=stage)  # type: ignore[misc]
+        wait_stage(api, devices[0], stage)
         if stage != killed_at:
             for d in devices:
                 assert d.act(stage).status_code == 200  # type: ignore[union-attr]

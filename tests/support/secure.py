@@ -75,8 +75,14 @@ def stage_of(api: httpx.Client, device: SecureDevice) -> str | None:
     return None if sa is None else sa.stage
 
 
+# A stage probe is a check-in, and check-ins are rate limited per device (120 a minute by default): polling
+# at this interval stays below the limit however long a stage waits for a silent device.
+PROBE_INTERVAL_S = 0.6
+
+
 def wait_stage(api: httpx.Client, probe: SecureDevice, stage: str, timeout: float = 30) -> None:
-    wait_until(lambda: stage_of(api, probe) == stage, timeout=timeout, what=f"stage {stage}")
+    wait_until(lambda: stage_of(api, probe) == stage, timeout=timeout, interval=PROBE_INTERVAL_S,
+               what=f"stage {stage}")
 
 
 STAGES = ("advertise", "share_keys", "masked_input", "unmask")
@@ -96,7 +102,7 @@ def run_secure_round(api: httpx.Client, round_id: int, devices: list[SecureDevic
             break
         probe = devices[active[0]]
         wait_until(lambda p=probe, s=stage: stage_of(api, p) == s or _finished(api, round_id),  # type: ignore[misc]
-                   timeout=timeout, what=f"stage {stage}")
+                   timeout=timeout, interval=PROBE_INTERVAL_S, what=f"stage {stage}")
         if _finished(api, round_id):
             break
         for i in active:
