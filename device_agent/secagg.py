@@ -3,9 +3,10 @@
 Each check-in of a secure round names a stage (fedface_common/secagg/task.py). The device answers it from
 its SecAggDevice state, which is written to disk before the message leaves (SecAggJournal), so that a
 killed agent repeats the same message instead of producing a different one. At the masked-input stage the
-agent trains as in any round, flattens its update in the order the task names, clips and encodes it to
-fixed point with the task's clip and scale, masks it and uploads it as the round's update (journaled like
-any update, so a lost answer is resent byte for byte).
+agent trains as in any round, flattens its update in the order the task names, clips it, adds its share of
+the round's DP noise when the round has distributed DP (`params.noise_stddev`), encodes it to fixed point
+with the task's scale, masks it and uploads it as the round's update (journaled like any update, so a lost
+answer is resent byte for byte, with the noise drawn once).
 
 What leaves the device in a secure round (no sample count, no training metrics): two public keys,
 shares of its own secrets encrypted to its neighbours, the masked vector (uniformly random to anyone
@@ -23,8 +24,7 @@ import numpy as np
 from device_agent.client import ApiError
 from device_agent.state import Pending, SecAggJournal, sha256_hex
 from fedface_common import tensors
-from fedface_common.secagg import fixedpoint
-from fedface_common.secagg.device import DeviceRefusal, SecAggDevice
+from fedface_common.secagg.device import DeviceRefusal, SecAggDevice, encode_input
 from fedface_common.secagg.messages import MASKED_INPUT_TENSOR
 from fedface_common.secagg.task import SECAGG_META_KEY, SecAggTask, Stage, flatten
 from fedface_common.wire import Task
@@ -90,7 +90,7 @@ def handle(agent: Agent, task: Task, train: Callable[[], RoundReport], report: R
 
 
 def upload_masked(agent: Agent, task: Task, update: Mapping[str, np.ndarray], report: RoundReport) -> RoundReport:
-    """Flatten, clip, encode, mask, journal, upload."""
+    """Flatten, clip, noise (distributed DP), encode, mask, journal, upload."""
     from device_agent.runner import Outcome
 
     sa = _secure(task)
@@ -100,7 +100,7 @@ def upload_masked(agent: Agent, task: Task, update: Mapping[str, np.ndarray], re
     if stored is None:
         report.status, report.code = Outcome.DROPPED, "secagg_state_lost"
         return report
-    x = fixedpoint.encode(flatten(update, sa.layout), sa.params.clip_norm, sa.params.scale)
+    x = encode_input(sa.params, flatten(update, sa.layout))
     try:
         state, masked, meta = SecAggDevice.from_json(stored).mask(x, sa.forwarded)
     except DeviceRefusal as exc:

@@ -29,6 +29,8 @@ from coordinator.services import models as model_service
 from coordinator.services.secagg.layout import round_layout
 from coordinator.services.secagg.state import FORWARDED, UNMASK_REQUEST, server_round, settings_of, stage_of
 from coordinator.strategies import make_strategy
+from coordinator.strategies.dp import DpRoundPlan
+from coordinator.strategies.dp_noise import noise_shares
 from fedface_common.secagg.messages import AdvertiseKeys, ShareKeys, UnmaskResponse
 from fedface_common.secagg.task import SecAggSettings, Stage, vector_length
 from fedface_common.wire import RoundState
@@ -111,7 +113,7 @@ def _fail(rnd: Round, row: SecAggRound, reason: str, now: datetime) -> None:
 
 
 async def _advance(session: AsyncSession, rnd: Round, row: SecAggRound, stage: Stage, state: protocol.ServerRound,
-                   settings: SecAggSettings, now: datetime, answered: dict[str, int | str]) -> None:
+                   settings: SecAggSettings, now: datetime, answered: dict[str, int | float | str]) -> None:
     deadline = now + timedelta(seconds=settings.stage_s)
     # The round's deadline follows its stages: intake and check-in read it as "the current stage's".
     rnd.deadline_at = max(rnd.deadline_at, deadline)
@@ -177,9 +179,25 @@ async def _close_selection(session: AsyncSession, rnd: Round, row: SecAggRound, 
             k, t, rule = settings.neighbours, settings.threshold, "override"
         else:
             k, t, rule = neighbours_and_threshold(n, settings.dropout)
+        min_survivors = min(n, max(t, quorum))
+        noise = _device_noise(rnd, min_survivors)
         params = protocol.new_round(rnd.id, devices, vector_length=length, clip_norm=settings.clip_norm,
-                                    dropout=settings.dropout, k_and_t=(k, t), min_survivors=min(n, max(t, quorum)))
+                                    dropout=settings.dropout, k_and_t=(k, t), min_survivors=min_survivors,
+                                    noise_stddev=noise)
     except (ValueError, ValidationError) as exc:
         raise StageFailed(f"no SecAgg+ parameters for {n} devices: {exc}") from exc
     await _advance(session, rnd, row, Stage.ADVERTISE, protocol.ServerRound(params=params), settings, now,
-                   {"selected": n, "neighbours": k, "threshold": t, "graph": rule, "vector_length": length})
+                   {"selected": n, "neighbours": k, "threshold": t, "graph": rule, "vector_length": length,
+                    **({"device_noise_stddev": noise} if noise else {})})
+
+
+def _device_noise(rnd: Round, min_survivors: int) -> float:
+    """Each device's share of a distributed-DP round's noise, from the plan stored when the round started (0
+    without it). It is split over min_survivors because that is the fewest inputs the server will unmask: the
+    masked-input stage fails the round below it, and each device refuses to unmask a smaller sum."""
+    if rnd.dp_state is None:
+        return 0.0
+    plan = DpRoundPlan.from_json(rnd.dp_state)
+    if plan.mode != "distributed":
+        return 0.0
+    return noise_shares(plan.mode, plan.sum_noise_multiplier * plan.clip, min_survivors).device_stddev

@@ -10,7 +10,9 @@ runs this again: the same rows give the same sum.
 
 The unmasked sum is decoded from fixed point and handed to the strategy as an accumulator of unit
 weights (each survivor weighs 1): the committed model is base + server_lr x the survivors' mean clipped
-update, within `error_bound_mean` per coordinate (rounding: at most 1/2 per input over the scale)."""
+update, within `error_bound_mean` per coordinate (rounding: at most 1/2 per input over the scale). With
+distributed DP the inputs are the devices' noised updates, so that mean carries their noise, and the
+bound is against the mean of the inputs as the devices encoded them."""
 
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from coordinator.secagg.errors import SecAggProtocolError
 from coordinator.services.secagg.layout import round_layout
 from coordinator.services.secagg.state import load
 from coordinator.strategies import Accumulator, Strategy
-from coordinator.strategies.dp import DpAggregation
+from coordinator.strategies.dp import DeviceNoise, DpAggregation
 from coordinator.strategies.robust import BoundedAggregation, RoundBounds
+from fedface_common.dp_noise import NORM_TAIL, norm_bound
 from fedface_common.secagg import fixedpoint
 from fedface_common.secagg.messages import MASKED_INPUT_TENSOR, UnmaskResponse
 from fedface_common.secagg.task import Stage, unflatten
@@ -66,11 +69,13 @@ async def secure_sum(ctx: AppContext, round_id: int, strategy: Strategy, rows: l
     p = state.params
     decoded = fixedpoint.decode(total, p.scale)
     n = len(survivors)
-    mean_norm = _check_mean_norm(decoded, n, p.clip_norm, p.scale)
+    mean_norm = _check_mean_norm(decoded, n, p.clip_norm, p.scale, p.noise_stddev)
     sums = unflatten(decoded, round_layout(strategy, base))
     acc = Accumulator(sums=sums, total_weight=float(n), count=n)
     if dp_state is not None:
-        aggregation: BoundedAggregation = DpAggregation(strategy, dp_state)
+        distributed = dp_state.get("mode") == "distributed"
+        devices = DeviceNoise(p.noise_stddev, p.min_survivors, n) if distributed else None
+        aggregation: BoundedAggregation = DpAggregation(strategy, dp_state, device_noise=devices)
     else:
         # The devices clipped to clip_norm themselves: that is the round's norm bound, and weights are units.
         aggregation = BoundedAggregation(strategy, strategy.params.robust, RoundBounds(p.clip_norm, None))
@@ -84,13 +89,22 @@ async def secure_sum(ctx: AppContext, round_id: int, strategy: Strategy, rows: l
     return aggregation, acc, metrics
 
 
-def _check_mean_norm(decoded_sum: np.ndarray, n: int, clip_norm: float, scale: float) -> float:
+def _check_mean_norm(decoded_sum: np.ndarray, n: int, clip_norm: float, scale: float,
+                     noise_stddev: float = 0.0) -> float:
     """The mean of n inputs of norm <= clip_norm has norm <= clip_norm; decoding moves each coordinate by at
     most 0.5 / scale. A mean beyond both means some input was not clipped (the server cannot see which, so
     the clip is what bounds one device's influence under secure aggregation) or the sum wrapped: the round
-    fails rather than commit it."""
+    fails rather than commit it.
+
+    With distributed DP each input also carries N(0, noise_stddev^2) per coordinate, so the sum carries noise
+    of stddev noise_stddev sqrt(n) per coordinate, whose norm is below noise_stddev sqrt(n) (sqrt(d) + t) but
+    with probability exp(-t^2 / 2) (t = NORM_TAIL = 10: 1.9e-22; fedface_common/dp_noise.py `norm_bound`).
+    The check allows that much more: an honest round fails it only with that probability, and an input not
+    clipped can hide in that allowance, which grows with the noise."""
     norm = float(np.linalg.norm(decoded_sum)) / n
     slack = np.sqrt(decoded_sum.size) * fixedpoint.max_abs_error(n, scale) / n
+    if noise_stddev > 0:
+        slack += norm_bound(noise_stddev * np.sqrt(n), decoded_sum.size, NORM_TAIL) / n
     if norm > clip_norm * (1 + 1e-9) + slack:
         raise AggregationError(f"the unmasked mean has L2 norm {norm:.4g}, above clip_norm {clip_norm:g}: an input"
                                " was not clipped, or the sum wrapped")

@@ -90,19 +90,22 @@ def new_round(
     correctness_bits: float = 20.0,
     min_survivors: int | None = None,
     k_and_t: tuple[int, int] | None = None,
+    noise_stddev: float = 0.0,
 ) -> SecAggParams:
     """The public parameters of a secure round: (k, t) from `graph.choose_parameters` unless `k_and_t`
     gives them, the largest no-wrap scale for this many inputs, and a fresh public graph seed.
 
-    min_survivors defaults to max(t, 2): the server never unmasks a sum of a single input."""
+    min_survivors defaults to max(t, 2): the server never unmasks a sum of a single input. noise_stddev is
+    each device's distributed-DP noise; the scale leaves room for the noised inputs' coordinate bound."""
     ordered = sorted(set(devices))
     n = len(ordered)
     k, t = k_and_t or graph.choose_parameters(n, dropout, corrupt=corrupt, security_bits=security_bits,
                                              correctness_bits=correctness_bits)
     return SecAggParams(
         round_id=round_id, devices=ordered, neighbours=k, threshold=t, graph_seed=secrets.token_bytes(32),
-        vector_length=vector_length, clip_norm=clip_norm, scale=fixedpoint.choose_scale(n, clip_norm),
-        min_survivors=min_survivors if min_survivors is not None else max(t, 2),
+        vector_length=vector_length, clip_norm=clip_norm,
+        scale=fixedpoint.choose_scale(n, fixedpoint.coordinate_bound(clip_norm, noise_stddev)),
+        min_survivors=min_survivors if min_survivors is not None else max(t, 2), noise_stddev=noise_stddev,
     )
 
 

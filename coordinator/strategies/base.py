@@ -62,8 +62,14 @@ class StrategyParams(ClientParams):
         if self.secagg is not None and self.secagg.enabled and not self.robust.streaming:
             raise ValueError("secagg hides each update: robust.aggregation must be 'mean' (an order statistic"
                              " reads individual updates)")
+        secure = self.secagg is not None and self.secagg.enabled
+        # Without secure aggregation the server would see each device's update with only its share of the noise.
+        if self.dp is not None and self.dp.mode == "distributed" and not secure:
+            raise ValueError("dp.mode 'distributed' needs secagg: each device adds only a share of the noise, which"
+                             " protects nothing unless the server sees no more than the sum; enable secagg or use"
+                             " dp.mode 'central'")
         # The adaptive clip counts clipped updates, which the server cannot see under secagg.
-        if self.secagg is not None and self.secagg.enabled and self.dp is not None and (
+        if secure and self.dp is not None and self.secagg is not None and (
                 isinstance(self.dp.clip, str) or self.secagg.clip_norm > self.dp.clip):
             raise ValueError("with secagg, dp needs a fixed clip and secagg.clip_norm <= dp.clip")
         return self

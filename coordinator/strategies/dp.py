@@ -11,12 +11,15 @@ It is the bounded aggregation of coordinator/strategies/robust.py with three cha
 - the mean divides the noised sum by the round's target device count, a fixed denominator: dividing by the
   number that actually arrived would release that number, which depends on whether a given device took part.
 
-Gaussian noise N(0, (z_sum C)^2) is added to the sum once, in float64, at finalize (after the replicas'
-partial sums are merged). With a fixed clip z_sum = z, the noise multiplier the accountant composes. With
-the adaptive clip (Andrew et al. 2021, "Differentially Private Learning with Adaptive Clipping") the round
-also releases a noised count of unclipped updates, N(0, sigma_b^2) on a query of sensitivity 1/2, and the
-two Gaussian releases together equal one of multiplier z when z_sum = (z^-2 - (2 sigma_b)^-2)^-1/2; the
-next round's clip is C exp(-eta_C (b - gamma)), b the noised unclipped fraction, gamma the target quantile.
+Gaussian noise N(0, (z_sum C)^2) is added to the sum once: in central mode in float64 at finalize (after the
+replicas' partial sums are merged), in distributed mode by the devices under secure aggregation, each a share
+N(0, (z_sum C)^2 / m) for m the fewest inputs the server unmasks (coordinator/strategies/dp_noise.py; the
+server then adds nothing and checks that the devices were told enough). With a fixed clip z_sum = z, the
+noise multiplier the accountant composes. With the adaptive clip (Andrew et al. 2021, "Differentially
+Private Learning with Adaptive Clipping") the round also releases a noised count of unclipped updates,
+N(0, sigma_b^2) on a query of sensitivity 1/2, and the two Gaussian releases together equal one of
+multiplier z when z_sum = (z^-2 - (2 sigma_b)^-2)^-1/2; the next round's clip is C exp(-eta_C (b - gamma)),
+b the noised unclipped fraction, gamma the target quantile.
 
 The robust settings' norm bound and sample cap give way to the DP clip and unit weights; order statistics
 are refused with DP (StrategyParams), and so are strategies that read one device's values (class embeddings)."""
@@ -85,11 +88,26 @@ def plan_round(params: DpParams, expected_devices: int, carried_clip: float | No
                        clip_learning_rate=params.clip_learning_rate, clip_count_stddev=sigma_b)
 
 
-class DpAggregation(BoundedAggregation):
-    """Bounded aggregation with the DP clip as its norm bound, unit weights and noise on the sum."""
+@dataclass(frozen=True)
+class DeviceNoise:
+    """What the devices of a distributed-DP round added: the secure round's public parameters, and how many
+    inputs the unmasked sum holds."""
 
-    def __init__(self, strategy: Strategy, state: Mapping[str, Any], rng: np.random.Generator | None = None) -> None:
+    stddev: float  # each device's, SecAggParams.noise_stddev
+    min_inputs: int  # m, SecAggParams.min_survivors
+    inputs: int  # s, the survivors summed
+
+
+class DpAggregation(BoundedAggregation):
+    """Bounded aggregation with the DP clip as its norm bound, unit weights and noise on the sum.
+
+    `device_noise` is required in distributed mode (the secure round's sum already carries the noise) and
+    refused otherwise."""
+
+    def __init__(self, strategy: Strategy, state: Mapping[str, Any], rng: np.random.Generator | None = None,
+                 device_noise: DeviceNoise | None = None) -> None:
         self.plan = DpRoundPlan.from_json(state)
+        self.device_noise = device_noise
         super().__init__(strategy, RobustParams(norm_bound=self.plan.clip, sample_cap="off"),
                          RoundBounds(norm_bound=self.plan.clip, sample_cap=None))
         self.state = dict(state)
@@ -106,11 +124,10 @@ class DpAggregation(BoundedAggregation):
             raise ValueError("no updates to aggregate")
         plan = self.plan
         rng = self._rng if self._rng is not None else fresh_generator()
-        shares = noise_shares(plan.mode, plan.sum_noise_multiplier * plan.clip)
-        noised = Accumulator(sums=add_gaussian(acc.sums, shares.server_stddev, rng),
+        outcome = self._noise_outcome()
+        noised = Accumulator(sums=add_gaussian(acc.sums, outcome["server_noise_stddev"], rng),
                              total_weight=float(plan.expected_devices), count=acc.count)
-        outcome: dict[str, Any] = {"noise_stddev": shares.server_stddev,
-                                   "noised_coordinates": int(sum(v.size for v in noised.sums.values()))}
+        outcome["noised_coordinates"] = int(sum(v.size for v in noised.sums.values()))
         if plan.adaptive:
             outcome.update(self._next_clip(acc, rng))
         result = super().finalize(base, noised, class_embeddings)
@@ -118,6 +135,30 @@ class DpAggregation(BoundedAggregation):
         metrics = {k: v for k, v in result.metrics.items() if k not in ("robust", "total_samples")}
         result.metrics = {**metrics, "dp": {**self.state, **outcome}}
         return result
+
+    def _noise_outcome(self) -> dict[str, Any]:
+        """Who adds which noise, as the metrics record it; `noise_stddev` is the noise the sum carries.
+
+        In distributed mode the devices' share must be at least what the plan accounts, over a sum of at
+        least m inputs: anything less would release a sum noised below the epsilon the ledger records."""
+        plan, devices = self.plan, self.device_noise
+        sum_stddev = plan.sum_noise_multiplier * plan.clip
+        if plan.mode != "distributed":
+            if devices is not None:
+                raise ValueError(f"a {plan.mode} DP round does not take the devices' noise")
+            shares = noise_shares(plan.mode, sum_stddev)
+            return {"noise_stddev": shares.server_stddev, "server_noise_stddev": shares.server_stddev}
+        if devices is None:
+            raise ValueError("a distributed DP round needs the devices' noise: its sum must come from secure"
+                             " aggregation")
+        shares = noise_shares(plan.mode, sum_stddev, devices.min_inputs)
+        if devices.stddev < shares.device_stddev * (1 - 1e-9) or devices.inputs < devices.min_inputs:
+            raise ValueError(f"the devices added noise of stddev {devices.stddev:g} to a sum of {devices.inputs}"
+                             f" inputs; the round accounts {shares.device_stddev:g} each over at least"
+                             f" {devices.min_inputs}")
+        return {"noise_stddev": devices.stddev * math.sqrt(devices.inputs),
+                "server_noise_stddev": shares.server_stddev, "device_noise_stddev": devices.stddev,
+                "min_survivors": devices.min_inputs, "survivors": devices.inputs}
 
     def _next_clip(self, acc: Accumulator, rng: np.random.Generator) -> dict[str, float]:
         """Andrew et al.'s geometric step, from the noised count of updates the clip left whole.

@@ -1,20 +1,29 @@
 """The Gaussian noise of a DP round: who adds which share of it, and where the randomness comes from.
 
 The guarantee needs the round's sum of clipped updates to carry noise N(0, sigma^2) once, whatever the
-number of partial sums it was merged from. In central mode the coordinator adds all of sigma at finalize.
-A distributed mode splits it: each of at least n devices adds N(0, sigma^2 / n) to its own update, secure
-aggregation reveals only the sum, and the server adds nothing (or tops up what dropped devices left out).
-`noise_shares` is where that mode goes; the fold and the accountant do not change."""
+number of partial sums it was merged from. Two modes share it out (`noise_shares`):
+
+* central: the coordinator adds all of sigma at finalize, and must be trusted with the plain sum;
+* distributed (only under secure aggregation): each device adds N(0, sigma^2 / m) to its clipped update
+  before it masks it, m the fewest masked inputs the server will unmask (SecAggParams.min_survivors), and
+  the server adds nothing. No party sees a less noised sum: the server sees only the sum of at least m
+  noised inputs, each device only its own. With s >= m survivors the sum's noise has variance s / m x sigma^2,
+  never less than the accounted sigma^2, so the accountant composes the round's z in both modes.
+
+The shared parts (the generator, a device's share, the clamp's tail) are in fedface_common/dp_noise.py,
+which the agent imports too; the fold and the accountant do not depend on the mode."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from coordinator.strategies.dp_params import DpMode
+from fedface_common.dp_noise import device_stddev, fresh_generator
+
+__all__ = ["NoiseShares", "add_gaussian", "fresh_generator", "noise_shares"]
 
 
 @dataclass(frozen=True)
@@ -25,22 +34,15 @@ class NoiseShares:
     device_stddev: float
 
 
-def noise_shares(mode: DpMode, sum_stddev: float) -> NoiseShares:
+def noise_shares(mode: DpMode, sum_stddev: float, min_inputs: int | None = None) -> NoiseShares:
+    """`min_inputs`: in distributed mode, the fewest inputs a released sum can hold (m)."""
     if mode == "central":
         return NoiseShares(server_stddev=sum_stddev, device_stddev=0.0)
+    if mode == "distributed":
+        if min_inputs is None:
+            raise ValueError("distributed DP needs the fewest inputs a sum can hold")
+        return NoiseShares(server_stddev=0.0, device_stddev=device_stddev(sum_stddev, min_inputs))
     raise ValueError(f"unknown DP mode {mode!r}")
-
-
-def fresh_generator() -> np.random.Generator:
-    """A generator seeded with 256 bits from the operating system's CSPRNG, new for every aggregation.
-
-    The noise is only as private as it is unpredictable: a seed someone can guess or replay (a fixed one, the
-    time, a process's default state shared by forked replicas) lets them subtract the noise. PCG64 itself is
-    not a cryptographic generator, but its state here comes from os.urandom, is never stored or logged, and
-    nothing derived from it is released except the noised sum, so an observer sees outputs masked by the
-    signal rather than raw draws to reconstruct the state from. Drawing millions of floats from os.urandom
-    directly would give the same protection at many times the cost."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int.from_bytes(os.urandom(32), "big"))))
 
 
 def add_gaussian(sums: Mapping[str, np.ndarray], stddev: float, rng: np.random.Generator) -> dict[str, np.ndarray]:

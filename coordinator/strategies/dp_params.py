@@ -1,6 +1,7 @@
 """The operator's differential-privacy settings of a round (coordinator/strategies/dp.py applies them).
 
-Only the server reads them in central mode: the devices train and send their updates as without DP."""
+Only the server reads them: in central mode the devices train and send their updates as without DP; in
+distributed mode they learn their share of the noise from the secure round's public parameters."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # Where the round's Gaussian noise comes from. "central": the coordinator adds all of it to the sum, so it
-# must be trusted with the plain sum. A distributed mode (each device adds a share, secure aggregation hides
-# the rest) plugs in beside it: see coordinator/strategies/dp_noise.py.
-DpMode = Literal["central"]
+# must be trusted with the plain sum. "distributed": each device adds a share to its clipped update and
+# secure aggregation reveals only the noised sum, so no party sees it without the noise (needs secagg; see
+# coordinator/strategies/dp_noise.py).
+DpMode = Literal["central", "distributed"]
 
 
 class DpParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    mode: DpMode = Field(default="central", description="Who adds the noise: central (the coordinator)")
+    mode: DpMode = Field(
+        default="central",
+        description="Who adds the noise: central (the coordinator, to the sum) or distributed (each device a"
+        " share of it, to its clipped update; needs secagg)",
+    )
     noise_multiplier: float = Field(
         ge=0.01, le=1000,  # below 0.01 epsilon runs to thousands, then to infinity: no privacy worth accounting
         description="z: the round's sum of clipped updates gets Gaussian noise of standard deviation z x clip;"

@@ -22,7 +22,8 @@ import hashlib
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedface_common.secagg import crypto, graph, shamir
+from fedface_common.dp_noise import fresh_generator
+from fedface_common.secagg import crypto, fixedpoint, graph, shamir
 from fedface_common.secagg.messages import (
     SHARE_PLAINTEXT_BYTES,
     AdvertiseKeys,
@@ -67,6 +68,19 @@ def pairwise_mask_sign(me: str, other: str) -> int:
 
 def vector_digest(vector: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(vector, dtype="<u4").tobytes()).hexdigest()
+
+
+def encode_input(params: SecAggParams, flat: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A device's flattened update as the round sums it: clipped to params.clip_norm; with distributed DP
+    (params.noise_stddev > 0) noised with N(0, noise_stddev^2) per coordinate from `rng` (by default a fresh
+    generator seeded from the OS CSPRNG) and clamped to the coordinate bound; then fixed point at params.scale.
+
+    Draw it once per round and mask what it returns: `SecAggDevice.mask` refuses a second, different input
+    (the difference of two inputs under the same masks would reach the server), and the agent journals the
+    masked body before it leaves, so a resend carries the same noise rather than a fresh draw."""
+    if params.noise_stddev > 0 and rng is None:
+        rng = fresh_generator()
+    return fixedpoint.encode_noised(flat, params.clip_norm, params.noise_stddev, params.scale, rng)
 
 
 class SecAggDevice(BaseModel):

@@ -56,6 +56,10 @@ class SecAggParams(_Wire):
     clip_norm: float = Field(gt=0, allow_inf_nan=False)
     scale: float = Field(gt=0, allow_inf_nan=False)
     min_survivors: int = Field(ge=1, le=MAX_ROUND_DEVICES, description="Fewest masked inputs the server unmasks")
+    noise_stddev: float = Field(
+        default=0.0, ge=0, allow_inf_nan=False,
+        description="Distributed DP: the Gaussian noise each device adds per coordinate to its clipped update"
+        " before encoding (fedface_common/dp_noise.py); 0 without it")
 
     @model_validator(mode="after")
     def _consistent(self) -> SecAggParams:
@@ -68,7 +72,7 @@ class SecAggParams(_Wire):
             raise ValueError("threshold must satisfy k/2 < t <= k")
         if self.min_survivors > n:
             raise ValueError("min_survivors exceeds the number of devices")
-        if not fixedpoint.fits(n, self.clip_norm, self.scale):
+        if not fixedpoint.fits(n, fixedpoint.coordinate_bound(self.clip_norm, self.noise_stddev), self.scale):
             raise ValueError("scale lets the sum of the round's inputs wrap modulo 2^32")
         return self
 

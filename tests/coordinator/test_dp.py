@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from coordinator.engine.partials import decode_accumulator, encode_accumulator
 from coordinator.strategies import Accumulator, make_strategy
 from coordinator.strategies.base import StrategyConfigError
-from coordinator.strategies.dp import DpAggregation, plan_round
+from coordinator.strategies.dp import DeviceNoise, DpAggregation, plan_round
 
 SHAPES = {"a.weight": (40, 25), "a.bias": (25,), "b.weight": (7,)}
 
@@ -158,3 +158,56 @@ def test_dp_needs_nothing_new_on_the_devices() -> None:
     plain = make_strategy("fedface-private")
     private = make_strategy("fedface-private", {"dp": {"noise_multiplier": 1.0, "clip": 0.5}})
     assert private.client_params() == plain.client_params()
+
+
+def test_distributed_dp_needs_secure_aggregation() -> None:
+    dp = {"mode": "distributed", "noise_multiplier": 1.0, "clip": 1.0}
+    for extra in ({}, {"secagg": {"enabled": False}}):
+        with pytest.raises(StrategyConfigError, match=r"distributed.*secagg"):
+            make_strategy("fedavg-plain", {"dp": dp, **extra})
+    secure = make_strategy("fedface-private", {"dp": dp, "secagg": {"clip_norm": 1.0}})
+    assert secure.params.dp is not None and secure.params.dp.mode == "distributed"
+    assert secure.client_params() == make_strategy("fedface-private").client_params()
+
+
+def _distributed(rng: np.random.Generator | None = None, device_noise: DeviceNoise | None = None) -> DpAggregation:
+    strategy = make_strategy("fedavg-plain", {"dp": {"mode": "distributed", "noise_multiplier": 2.0, "clip": 0.5},
+                                              "secagg": {"clip_norm": 0.5}})
+    assert strategy.params.dp is not None
+    return DpAggregation(strategy, plan_round(strategy.params.dp, 8, None).to_json(), rng=rng,
+                         device_noise=device_noise)
+
+
+def test_in_distributed_mode_the_server_adds_nothing_and_checks_the_devices_share() -> None:
+    """The unmasked sum already carries the devices' noise: the committed step is that sum over the fixed
+    denominator, bit for bit, and the metrics say who added what."""
+    sums = {"w": np.random.default_rng(4).standard_normal(1000)}
+    base = {"w": np.zeros(1000, np.float32)}
+    sigma_dev = 2.0 * 0.5 / math.sqrt(6)
+    agg = _distributed(np.random.default_rng(5), DeviceNoise(stddev=sigma_dev, min_inputs=6, inputs=7))
+    result = agg.finalize(base, Accumulator(sums={"w": sums["w"].copy()}, total_weight=7.0, count=7), {})
+    np.testing.assert_array_equal(result.weights["w"], (sums["w"] / 8).astype(np.float32))
+    dp = result.metrics["dp"]
+    assert dp["mode"] == "distributed" and dp["server_noise_stddev"] == 0
+    assert dp["device_noise_stddev"] == sigma_dev and dp["min_survivors"] == 6 and dp["survivors"] == 7
+    assert dp["noise_stddev"] == pytest.approx(sigma_dev * math.sqrt(7)) and dp["noise_multiplier"] == 2.0
+
+
+@pytest.mark.parametrize(("noise", "why"), [
+    (None, "secure aggregation"),  # a distributed round's sum that did not come through secure aggregation
+    (DeviceNoise(stddev=0.9 * 2.0 * 0.5 / math.sqrt(6), min_inputs=6, inputs=7), "accounts"),  # too little noise
+    (DeviceNoise(stddev=2.0 * 0.5 / math.sqrt(6), min_inputs=6, inputs=5), "accounts"),  # fewer inputs than m
+])
+def test_a_distributed_sum_noised_below_the_plan_is_refused(noise: DeviceNoise | None, why: str) -> None:
+    agg = _distributed(device_noise=noise)
+    with pytest.raises(ValueError, match=why):
+        agg.finalize({"w": np.zeros(3, np.float32)}, Accumulator(sums={"w": np.zeros(3)}, total_weight=7, count=7), {})
+
+
+def test_central_mode_refuses_device_noise() -> None:
+    strategy = make_strategy("fedavg-plain", {"dp": {"noise_multiplier": 1.0, "clip": 1.0}})
+    assert strategy.params.dp is not None
+    agg = DpAggregation(strategy, plan_round(strategy.params.dp, 2, None).to_json(),
+                        device_noise=DeviceNoise(stddev=1.0, min_inputs=2, inputs=2))
+    with pytest.raises(ValueError, match="central"):
+        agg.finalize({"w": np.zeros(3, np.float32)}, Accumulator(sums={"w": np.zeros(3)}, total_weight=2, count=2), {})

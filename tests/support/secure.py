@@ -1,5 +1,6 @@
 """Scripted devices of a secure round over HTTP: each holds its SecAggDevice state and answers the stage its
-check-in names, as the agent does, with the update it is given."""
+check-in names, as the agent does, with the update it is given (clipped, noised when the round has
+distributed DP, and encoded by the agent's own `encode_input`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from fedface_common.secagg import fixedpoint
-from fedface_common.secagg.device import SecAggDevice
+from fedface_common.secagg.device import SecAggDevice, encode_input
 from fedface_common.secagg.messages import MASKED_INPUT_TENSOR, ForwardedShares, NeighbourKeys, UnmaskRequest
 from fedface_common.secagg.task import SECAGG_META_KEY, SecAggTask, flatten
 from fedface_common.tensors import encode
@@ -65,7 +65,7 @@ class SecureDevice:
 
     def masked_body(self, sa: SecAggTask, forwarded: ForwardedShares) -> bytes:
         assert self.state is not None and sa.params is not None
-        x = fixedpoint.encode(flatten(self.update, sa.layout), sa.params.clip_norm, sa.params.scale)
+        x = encode_input(sa.params, flatten(self.update, sa.layout))
         self.state, masked, meta = self.state.mask(x, forwarded)
         return encode({MASKED_INPUT_TENSOR: masked}, {SECAGG_META_KEY: meta.model_dump_json()})
 
