@@ -72,8 +72,8 @@ def fedface(
                              help="JSON results (the table and plot go beside it); the committed tables in"
                              " docs/results/ are written only when --out names them"),
     quick: bool = typer.Option(False, "--quick", help="Fewer rounds of 50 devices, 1 seed, a shorter centralized run"),
-    privacy: bool = typer.Option(False, "--privacy", help="fedface-private alone, with secure aggregation and with"
-                                 " central DP at epsilon 1, 4 and 8 (seed 0)"),
+    privacy: bool = typer.Option(False, "--privacy", help="fedface-private alone, with secure aggregation, with"
+                                 " central DP at epsilon 1, 4 and 8 and with distributed DP at 8 (seed 0)"),
     start: str = typer.Option("face-api", help="face-api: dlib's ResNet imported from the pinned npm package; "
                                                "pretrain: a MobileFaceNet pretrained on CFP (cached)"),
     data: Path = typer.Option(Path("../shared/data"), envvar="FEDFACE_DATA", help="Face data root"),

@@ -68,10 +68,13 @@ class SimulationConfig:
     # (fedface_lab/attackers.py): what the coordinator's norm bound is there to contain.
     attackers: float = 0.0
     attack_scale: float = 100.0
+    # The round's quorum: a secure round never unmasks fewer inputs (distributed DP sizes the noise by it).
+    min_devices: int = 1
 
     def round_config(self, per_round: int | None = None, local_epochs: int | None = None) -> dict[str, Any]:
         return {
-            "algorithm": self.algorithm, "target_devices": per_round or self.per_round, "min_devices": 1,
+            "algorithm": self.algorithm, "target_devices": per_round or self.per_round,
+            "min_devices": min(self.min_devices, per_round or self.per_round),
             "over_selection": 1.0, "deadline_s": 24 * 3600,
             "local_epochs": self.local_epochs if local_epochs is None else local_epochs,
             "batch_size": self.batch_size, "learning_rate": self.learning_rate, "optimizer": self.optimizer,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedface_common.tensors import load_file
-from fedface_lab.bench_fedface import ExperimentPlan, gaps_closed, run_experiment
+from fedface_lab.bench_fedface import ExperimentPlan, gaps_closed, privacy_runs, run_experiment
 from fedface_lab.bench_report import markdown_table, write_report
 from fedface_lab.recentre import recentre
 from fedface_lab.simulate import choose_clients
@@ -121,3 +121,23 @@ def test_without_a_gap_the_report_gives_each_rows_change_against_the_pretrained_
     assert "does not beat the pretrained network" in text
     assert "fedface A +0.50, TAR@1e-3 +2.00, TAR@1e-4 +0.00, AUC +0.00" in text
     assert "centralized A -1.00, TAR@1e-3 -5.00" in text
+
+
+def test_the_privacy_plan_pairs_secure_aggregation_with_the_plain_round_of_the_same_mean() -> None:
+    plan = ExperimentPlan.privacy(Path("unused"))
+    runs = {r.name: r for r in privacy_runs(plan)}
+    plain = runs[f"fedface-private (clip {plan.secagg_clip:g}, cap {plan.secagg_max_weight})"].params
+    secure = runs["fedface-private (secure aggregation)"].params
+    # The same clip and sample cap, so that only the protocol differs between the two rows.
+    assert plain["robust"] == {"norm_bound": plan.secagg_clip, "sample_cap": plan.secagg_max_weight}
+    assert secure["secagg"] == {"clip_norm": plan.secagg_clip, "max_weight": plan.secagg_max_weight}
+    assert "secagg" not in plain and "robust" not in secure
+    central = [r for r in runs.values() if "dp" in r.params and r.params["dp"]["mode"] == "central"]
+    assert len({r.params["dp"]["noise_multiplier"] for r in central}) == len(plan.dp_epsilons)
+    (distributed,) = [r for r in runs.values() if "dp" in r.params and r.params["dp"]["mode"] == "distributed"]
+    # Distributed noise needs secure aggregation at the DP clip and a quorum the device shares are sized for.
+    assert distributed.params["secagg"]["clip_norm"] == plan.dp_clip == distributed.params["dp"]["clip"]
+    assert distributed.min_devices == 45 and all(r.min_devices == 1 for r in central)
+    # The same epsilon gives the same noise multiplier in both modes: only who adds the noise differs.
+    eps8 = next(r for r in central if r.name.endswith("epsilon 8)"))
+    assert distributed.params["dp"]["noise_multiplier"] == eps8.params["dp"]["noise_multiplier"]
