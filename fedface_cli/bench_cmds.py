@@ -71,7 +71,8 @@ def fedface(
     out: Path = typer.Option(Path("fedface-data/fedface-results.json"), dir_okay=False,
                              help="JSON results (the table and plot go beside it); the committed tables in"
                              " docs/results/ are written only when --out names them"),
-    quick: bool = typer.Option(False, "--quick", help="Fewer rounds of 50 devices, 1 seed, a shorter centralized run"),
+    quick: bool = typer.Option(False, "--quick", help="1 seed, no int8 or attacker rows, the centralized run on 300"
+                                                           " identities"),
     privacy: bool = typer.Option(False, "--privacy", help="fedface-private alone, with secure aggregation, with"
                                  " central DP at epsilon 1, 4 and 8 and with distributed DP at 8 (seed 0)"),
     start: str = typer.Option("face-api", help="face-api: dlib's ResNet imported from the pinned npm package; "
