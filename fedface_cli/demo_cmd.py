@@ -12,7 +12,7 @@ def demo(
                               help="Face data root (cfp/, lfw/, protocol/)"),
     devices: int = typer.Option(1012, min=2, help="Device agents, one client identity each"),
     per_round: int = typer.Option(50, min=1),
-    rounds: int = typer.Option(5, min=1),
+    rounds: int = typer.Option(3, min=1, help="The bench's: more drift at its learning rate"),
     work_dir: Path = typer.Option(Path("fedface-data/demo"), help="Coordinator and device state"),
 ) -> None:
     """Serve the pretrained face network (imported from the face-api package, cached), enroll device agents
