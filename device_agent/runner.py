@@ -293,7 +293,7 @@ class Agent:
             report.message = "dropped: training finished after the round's deadline"
             return report
         if task.secagg is not None:
-            return secure.upload_masked(self, task, result.update_tensors(cfg.algorithm), report)
+            return secure.upload_masked(self, task, result.update_tensors(cfg.algorithm), len(x), report)
         try:
             body = tensors.encode(update_codec.encode(result.update_tensors(cfg.algorithm),
                                                       update_codec.encoding_of(cfg.params)))

@@ -3,15 +3,17 @@
 Each check-in of a secure round names a stage (fedface_common/secagg/task.py). The device answers it from
 its SecAggDevice state, which is written to disk before the message leaves (SecAggJournal), so that a
 killed agent repeats the same message instead of producing a different one. At the masked-input stage the
-agent trains as in any round, flattens its update in the order the task names, clips it, adds its share of
-the round's DP noise when the round has distributed DP (`params.noise_stddev`), encodes it to fixed point
-with the task's scale, masks it and uploads it as the round's update (journaled like any update, so a lost
-answer is resent byte for byte, with the noise drawn once).
+agent trains as in any round, flattens its update in the order the task names, clips each group of it (the
+deltas; a statistics round's moments apart), adds its share of the round's DP noise when the round has
+distributed DP (`params.noise_stddev`), weighs it by its photo count when the round is weighted
+(`params.max_weight`), encodes it to fixed point with the task's scales, masks it and uploads it as the
+round's update (journaled like any update, so a lost answer is resent byte for byte, with the noise drawn
+once).
 
-What leaves the device in a secure round (no sample count, no training metrics): two public keys,
-shares of its own secrets encrypted to its neighbours, the masked vector (uniformly random to anyone
-without the other devices' secrets) and the shares it holds of its neighbours' secrets, one kind per
-neighbour."""
+What leaves the device in a secure round (no sample count in the clear, no training metrics, no class
+embedding): two public keys, shares of its own secrets encrypted to its neighbours, the masked vector
+(uniformly random to anyone without the other devices' secrets) and the shares it holds of its neighbours'
+secrets, one kind per neighbour."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from device_agent.state import Pending, SecAggJournal, sha256_hex
 from fedface_common import tensors
 from fedface_common.secagg.device import DeviceRefusal, SecAggDevice, encode_input
 from fedface_common.secagg.messages import MASKED_INPUT_TENSOR
-from fedface_common.secagg.task import SECAGG_META_KEY, SecAggTask, Stage, flatten
+from fedface_common.secagg.task import SECAGG_META_KEY, SecAggTask, Stage
 from fedface_common.wire import Task
 
 if TYPE_CHECKING:
@@ -89,8 +91,10 @@ def handle(agent: Agent, task: Task, train: Callable[[], RoundReport], report: R
     return report
 
 
-def upload_masked(agent: Agent, task: Task, update: Mapping[str, np.ndarray], report: RoundReport) -> RoundReport:
-    """Flatten, clip, noise (distributed DP), encode, mask, journal, upload."""
+def upload_masked(agent: Agent, task: Task, update: Mapping[str, np.ndarray], num_samples: int,
+                  report: RoundReport) -> RoundReport:
+    """Flatten, clip, noise (distributed DP), weigh by `num_samples` (weighted rounds), encode, mask, journal,
+    upload. The count only sets the device's weight inside the masked vector; it is never sent."""
     from device_agent.runner import Outcome
 
     sa = _secure(task)
@@ -100,7 +104,7 @@ def upload_masked(agent: Agent, task: Task, update: Mapping[str, np.ndarray], re
     if stored is None:
         report.status, report.code = Outcome.DROPPED, "secagg_state_lost"
         return report
-    x = encode_input(sa.params, flatten(update, sa.layout))
+    x = encode_input(sa.params, sa.layout, update, num_samples)
     try:
         state, masked, meta = SecAggDevice.from_json(stored).mask(x, sa.forwarded)
     except DeviceRefusal as exc:
@@ -109,8 +113,9 @@ def upload_masked(agent: Agent, task: Task, update: Mapping[str, np.ndarray], re
         return report
     journal.save(task.round_id, state.to_json())
     body = tensors.encode({MASKED_INPUT_TENSOR: masked}, {SECAGG_META_KEY: meta.model_dump_json()})
-    # Unit weights: the sample count and the training metrics are data about the device that the sum does
-    # not need, so neither leaves it (the count header is required: it says 1).
+    # The sample count (inside the masked vector as a weight, if the round weighs) and the training metrics are
+    # data about the device that the sum does not need in the clear, so neither leaves it (the count header is
+    # required: it says 1).
     pending = Pending(task.round_id, task.model_version, 1, sha256_hex(body), task.training.algorithm, {})
     agent.state.save_pending(pending, body)
     resp = agent.client.submit(task.round_id, body, 1, task.model_version, {})

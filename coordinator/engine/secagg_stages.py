@@ -166,7 +166,7 @@ async def _close(session: AsyncSession, rnd: Round, row: SecAggRound, settings: 
 
 async def _close_selection(session: AsyncSession, rnd: Round, row: SecAggRound, settings: SecAggSettings,
                            now: datetime) -> None:
-    """Fix the device list and the round's public parameters (k, t, scale, graph seed)."""
+    """Fix the device list and the round's public parameters (k, t, the scales, graph seed)."""
     devices = [str(d) for d in await SecAggRepository(session).assigned(rnd.id)]
     n, quorum = len(devices), max(2, int(rnd.config["min_devices"]))
     if n < quorum:
@@ -183,7 +183,8 @@ async def _close_selection(session: AsyncSession, rnd: Round, row: SecAggRound, 
         noise = _device_noise(rnd, min_survivors)
         params = protocol.new_round(rnd.id, devices, vector_length=length, clip_norm=settings.clip_norm,
                                     dropout=settings.dropout, k_and_t=(k, t), min_survivors=min_survivors,
-                                    noise_stddev=noise)
+                                    noise_stddev=noise, statistics_clip_norm=settings.statistics_clip_norm,
+                                    max_weight=settings.max_weight)
     except (ValueError, ValidationError) as exc:
         raise StageFailed(f"no SecAgg+ parameters for {n} devices: {exc}") from exc
     await _advance(session, rnd, row, Stage.ADVERTISE, protocol.ServerRound(params=params), settings, now,

@@ -8,16 +8,22 @@ so partial sums would fold like any other; they would only save reading the blob
 Everything is re-read from Postgres and the blob store, so a driver that died while unmasking simply
 runs this again: the same rows give the same sum.
 
-The unmasked sum is decoded from fixed point and handed to the strategy as an accumulator of unit
-weights (each survivor weighs 1): the committed model is base + server_lr x the survivors' mean clipped
-update, within `error_bound_mean` per coordinate (rounding: at most 1/2 per input over the scale). With
-distributed DP the inputs are the devices' noised updates, so that mean carries their noise, and the
-bound is against the mean of the inputs as the devices encoded them."""
+The unmasked sum is decoded from fixed point, each group at its scale (fedface_common/secagg/groups.py),
+and handed to the strategy as the accumulator a plain round would give it: sums per tensor, the total
+weight and the count. Without `max_weight` each survivor weighs 1 and the total weight is their number;
+with it the sums are of w x each clipped input and the total weight is sum(w), read from the weight
+coordinate. The committed model is base + server_lr x the survivors' (weighted) mean clipped update, and
+a statistics round's moments their (weighted) mean, within `error_bound_mean` (and
+`statistics_error_bound_mean`) per coordinate: the rounding, at most 1/2 per input over the group's scale,
+and with weights the total weight's own rounding. With distributed DP the inputs are the devices' noised
+updates, so that mean carries their noise, and the bound is against the mean of the inputs as the devices
+encoded them."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,9 +38,9 @@ from coordinator.strategies import Accumulator, Strategy
 from coordinator.strategies.dp import DeviceNoise, DpAggregation
 from coordinator.strategies.robust import BoundedAggregation, RoundBounds
 from fedface_common.dp_noise import NORM_TAIL, norm_bound
-from fedface_common.secagg import fixedpoint
-from fedface_common.secagg.messages import MASKED_INPUT_TENSOR, UnmaskResponse
-from fedface_common.secagg.task import Stage, unflatten
+from fedface_common.secagg import fixedpoint, groups
+from fedface_common.secagg.messages import MASKED_INPUT_TENSOR, SecAggParams, UnmaskResponse
+from fedface_common.secagg.task import STATISTICS, UPDATE, Stage
 from fedface_common.tensors import decode
 from storage.models import ModelVersion, Update
 from storage.repositories.privacy import PrivacyRepository
@@ -66,46 +72,71 @@ async def secure_sum(ctx: AppContext, round_id: int, strategy: Strategy, rows: l
         total = await asyncio.to_thread(protocol.unmask, state, responses, partial)
     except SecAggProtocolError as exc:
         raise AggregationError(f"unmasking failed: {exc.code}: {exc}") from exc
-    p = state.params
-    decoded = fixedpoint.decode(total, p.scale)
-    n = len(survivors)
-    mean_norm = _check_mean_norm(decoded, n, p.clip_norm, p.scale, p.noise_stddev)
-    sums = unflatten(decoded, round_layout(strategy, base))
-    acc = Accumulator(sums=sums, total_weight=float(n), count=n)
+    p, layout, n = state.params, round_layout(strategy, base), len(survivors)
+    try:
+        decoded = groups.decode_groups(p, layout, total, n)
+    except ValueError as exc:
+        raise AggregationError(str(exc)) from exc
+    norms = _check_mean_norms(decoded, p)
+    acc = Accumulator(sums=decoded.sums, total_weight=decoded.total_weight, count=n)
     if dp_state is not None:
         distributed = dp_state.get("mode") == "distributed"
         devices = DeviceNoise(p.noise_stddev, p.min_survivors, n) if distributed else None
         aggregation: BoundedAggregation = DpAggregation(strategy, dp_state, device_noise=devices)
     else:
-        # The devices clipped to clip_norm themselves: that is the round's norm bound, and weights are units.
-        aggregation = BoundedAggregation(strategy, strategy.params.robust, RoundBounds(p.clip_norm, None))
-    metrics = {**row.metrics, "devices": len(p.devices), "survivors": n, "neighbours": p.neighbours,
-               "threshold": p.threshold, "clip_norm": p.clip_norm, "scale": p.scale, "weights": "unit",
-               "error_bound_sum": fixedpoint.max_abs_error(n, p.scale),
-               "error_bound_mean": fixedpoint.max_abs_error(n, p.scale) / n,
-               "unmask_s": round(time.perf_counter() - started, 4)}
+        # The devices clipped to clip_norm and capped their weight themselves: those are the round's bounds.
+        cap = float(p.max_weight) if p.max_weight is not None else None
+        aggregation = BoundedAggregation(strategy, strategy.params.robust, RoundBounds(p.clip_norm, cap))
+    metrics: dict[str, Any] = {
+        **row.metrics, "devices": len(p.devices), "survivors": n, "neighbours": p.neighbours,
+        "threshold": p.threshold, "clip_norm": p.clip_norm, "scale": p.scale,
+        "weights": "unit" if p.max_weight is None else "samples",
+        "error_bound_sum": fixedpoint.max_abs_error(n, p.scale),
+        "error_bound_mean": groups.mean_error_bound(decoded, p.clip_norm, p.scale),
+        "unmask_s": round(time.perf_counter() - started, 4)}
+    if p.max_weight is not None:  # sum(w) is in the sum the server unmasks: nothing more is released
+        metrics.update(max_weight=p.max_weight, total_weight=decoded.total_weight)
+    if p.statistics_clip_norm is not None and p.statistics_scale is not None:
+        metrics.update(statistics_clip_norm=p.statistics_clip_norm, statistics_scale=p.statistics_scale,
+                       statistics_error_bound_mean=groups.mean_error_bound(decoded, p.statistics_clip_norm,
+                                                                           p.statistics_scale))
     if dp_state is None:  # with DP, a statistic of the exact sum would be a release the accountant misses
-        metrics["mean_norm"] = mean_norm
+        metrics["mean_norm"] = norms[UPDATE]
+        if STATISTICS in norms:
+            metrics["statistics_mean_norm"] = norms[STATISTICS]
     return aggregation, acc, metrics
 
 
-def _check_mean_norm(decoded_sum: np.ndarray, n: int, clip_norm: float, scale: float,
-                     noise_stddev: float = 0.0) -> float:
-    """The mean of n inputs of norm <= clip_norm has norm <= clip_norm; decoding moves each coordinate by at
-    most 0.5 / scale. A mean beyond both means some input was not clipped (the server cannot see which, so
+def _check_mean_norms(decoded: groups.GroupedSum, p: SecAggParams) -> dict[str, float]:
+    """Each group's mean norm, checked against its clip (`_check_mean_norm`); the statistics group carries
+    no noise (SecAggParams refuses device noise with statistics)."""
+    split = decoded.groups
+    norms: dict[str, float] = {UPDATE: _check_mean_norm(decoded, split.update, p.clip_norm, p.scale, p.noise_stddev)}
+    if split.statistics and p.statistics_clip_norm is not None and p.statistics_scale is not None:
+        norms[STATISTICS] = _check_mean_norm(decoded, split.statistics, p.statistics_clip_norm, p.statistics_scale,
+                                             what="statistics_clip_norm")
+    return norms
+
+
+def _check_mean_norm(decoded: groups.GroupedSum, slots: Sequence[groups.Slot], clip_norm: float, scale: float,
+                     noise_stddev: float = 0.0, what: str = "clip_norm") -> float:
+    """The weighted mean of inputs of norm <= clip_norm (weights in (0, 1], unit without max_weight) has norm
+    <= clip_norm; decoding moves it by at most `groups.mean_norm_slack` (the rounding of each coordinate and of
+    the total weight). A mean beyond both means some input was not clipped (the server cannot see which, so
     the clip is what bounds one device's influence under secure aggregation) or the sum wrapped: the round
     fails rather than commit it.
 
-    With distributed DP each input also carries N(0, noise_stddev^2) per coordinate, so the sum carries noise
-    of stddev noise_stddev sqrt(n) per coordinate, whose norm is below noise_stddev sqrt(n) (sqrt(d) + t) but
-    with probability exp(-t^2 / 2) (t = NORM_TAIL = 10: 1.9e-22; fedface_common/dp_noise.py `norm_bound`).
-    The check allows that much more: an honest round fails it only with that probability, and an input not
-    clipped can hide in that allowance, which grows with the noise."""
-    norm = float(np.linalg.norm(decoded_sum)) / n
-    slack = np.sqrt(decoded_sum.size) * fixedpoint.max_abs_error(n, scale) / n
+    With distributed DP (unit weights: the mean divides by n) each input also carries N(0, noise_stddev^2) per
+    coordinate, so the sum carries noise of stddev noise_stddev sqrt(n) per coordinate, whose norm is below
+    noise_stddev sqrt(n) (sqrt(d) + t) but with probability exp(-t^2 / 2) (t = NORM_TAIL = 10: 1.9e-22;
+    fedface_common/dp_noise.py `norm_bound`). The check allows that much more: an honest round fails it only
+    with that probability, and an input not clipped can hide in that allowance, which grows with the noise."""
+    norm = decoded.norm(slots) / decoded.total_weight
+    slack = groups.mean_norm_slack(decoded, slots, clip_norm, scale)
     if noise_stddev > 0:
-        slack += norm_bound(noise_stddev * np.sqrt(n), decoded_sum.size, NORM_TAIL) / n
+        size = sum(s.size for s in slots)
+        slack += norm_bound(noise_stddev * np.sqrt(decoded.inputs), size, NORM_TAIL) / decoded.total_weight
     if norm > clip_norm * (1 + 1e-9) + slack:
-        raise AggregationError(f"the unmasked mean has L2 norm {norm:.4g}, above clip_norm {clip_norm:g}: an input"
+        raise AggregationError(f"the unmasked mean has L2 norm {norm:.4g}, above {what} {clip_norm:g}: an input"
                                " was not clipped, or the sum wrapped")
     return norm

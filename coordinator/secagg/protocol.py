@@ -91,9 +91,12 @@ def new_round(
     min_survivors: int | None = None,
     k_and_t: tuple[int, int] | None = None,
     noise_stddev: float = 0.0,
+    statistics_clip_norm: float | None = None,
+    max_weight: int | None = None,
 ) -> SecAggParams:
     """The public parameters of a secure round: (k, t) from `graph.choose_parameters` unless `k_and_t`
-    gives them, the largest no-wrap scale for this many inputs, and a fresh public graph seed.
+    gives them, the largest no-wrap scale for this many inputs (one per group: the statistics group's for
+    its own clip), and a fresh public graph seed.
 
     min_survivors defaults to max(t, 2): the server never unmasks a sum of a single input. noise_stddev is
     each device's distributed-DP noise; the scale leaves room for the noised inputs' coordinate bound."""
@@ -106,6 +109,8 @@ def new_round(
         vector_length=vector_length, clip_norm=clip_norm,
         scale=fixedpoint.choose_scale(n, fixedpoint.coordinate_bound(clip_norm, noise_stddev)),
         min_survivors=min_survivors if min_survivors is not None else max(t, 2), noise_stddev=noise_stddev,
+        max_weight=max_weight, statistics_clip_norm=statistics_clip_norm,
+        statistics_scale=fixedpoint.choose_scale(n, statistics_clip_norm) if statistics_clip_norm else None,
     )
 
 

@@ -72,6 +72,10 @@ class StrategyParams(ClientParams):
         if secure and self.dp is not None and self.secagg is not None and (
                 isinstance(self.dp.clip, str) or self.secagg.clip_norm > self.dp.clip):
             raise ValueError("with secagg, dp needs a fixed clip and secagg.clip_norm <= dp.clip")
+        # DP's sensitivity is C per device and its mean divides by a fixed count: a device's weight may not
+        # depend on its own claim, and the denominator may not depend on who took part.
+        if secure and self.dp is not None and self.secagg is not None and self.secagg.max_weight is not None:
+            raise ValueError("secagg.max_weight cannot run with dp: dp needs unit weights and a fixed denominator")
         return self
 
 
@@ -135,10 +139,29 @@ class Strategy(ABC):
                 f"{self.name} cannot run with dp: its server step reads each device's own class embedding (a row"
                 " of W per device), which no noise on the sum protects; use fedface-private (W stays on the"
                 " devices) or fedavg-plain")
-        if self.secure and (self.uses_class_embeddings or getattr(self.params, "embedding_stats", False)):
+        if self.secure:
+            self._check_secure()
+
+    def _check_secure(self) -> None:
+        statistics = bool(self.statistics_tensors())
+        if self.uses_class_embeddings and not statistics:
             raise StrategyConfigError(
                 f"{self.name} cannot run with secagg: its server step reads each device's own values (a row of W"
-                " per device), which secure aggregation hides; use fedface-private or fedavg-plain")
+                " per device), which secure aggregation hides; use fedface-private or fedavg-plain, or make the"
+                " round a statistics round (embedding_stats or embedding_lda_dims), whose W rows stay on the devices")
+        assert self.params.secagg is not None
+        clip = self.params.secagg.statistics_clip_norm
+        if statistics and clip is None:
+            raise StrategyConfigError(
+                "secagg.statistics_clip_norm is required: the round's devices send moments (embedding_stats or"
+                " embedding_lda_dims), which are clipped and encoded apart from the deltas")
+        if not statistics and clip is not None:
+            raise StrategyConfigError("secagg.statistics_clip_norm applies only to rounds whose devices send moments"
+                                      " (embedding_stats or embedding_lda_dims)")
+
+    def statistics_tensors(self) -> frozenset[str]:
+        """The update's tensors that are moments of the devices' photos (averaged, not stepped along)."""
+        return frozenset()
 
     @property
     def secure(self) -> bool:
@@ -153,13 +176,14 @@ class Strategy(ABC):
 
     def update_spec(self, model_spec: TensorSpec, embedding_dim: int | None) -> TensorSpec:
         """What a device's update must contain: an F32 delta per float tensor of
-        the model, plus the device's class embedding where the strategy keeps W."""
+        the model, plus the device's class embedding where the strategy keeps W (not under secagg)."""
         spec = {
             name: TensorInfo("F32", info.shape)
             for name, info in model_spec.items()
             if info.dtype in ("F32", "F16", "F64")
         }
-        if self.uses_class_embeddings and embedding_dim:
+        # Under secure aggregation no row of W leaves its device (only statistics rounds get that far).
+        if self.uses_class_embeddings and embedding_dim and not self.secure:
             spec[CLASS_EMBEDDING_TENSOR] = TensorInfo("F32", (embedding_dim,))
         return spec
 

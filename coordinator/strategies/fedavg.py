@@ -18,7 +18,14 @@ from coordinator.strategies.collapse import mean_offdiagonal_cosine, normalise_r
 from coordinator.strategies.discriminant import discriminant_transform, fold_into_embedding
 from fedface_common.client_params import PositiveLossClientParams
 from fedface_common.tensors import TensorInfo, TensorSpec
-from fedface_common.wire import EMBEDDING_PROJECTION, HEAD_MEAN, HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER
+from fedface_common.wire import (
+    EMBEDDING_BN_MEAN,
+    EMBEDDING_BN_VAR,
+    EMBEDDING_PROJECTION,
+    HEAD_MEAN,
+    HEAD_SECOND_MOMENT,
+    HEAD_WITHIN_SCATTER,
+)
 
 
 class PositiveLossParams(StrategyParams, PositiveLossClientParams):
@@ -52,6 +59,13 @@ class FedAvgStrategy(Strategy):
             spec[name] = TensorInfo("F32", (c, c))
         return spec
 
+    def statistics_tensors(self) -> frozenset[str]:
+        p = self.params
+        names: tuple[str, ...] = (EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR) if p.embedding_stats else ()
+        if p.embedding_lda_dims is not None:
+            names += (HEAD_MEAN, HEAD_SECOND_MOMENT, HEAD_WITHIN_SCATTER)
+        return frozenset(names)
+
     @property
     def replaces_embedding_space(self) -> bool:
         """A discriminant round re-expresses every feature: W rows measured before it mean nothing after."""
@@ -82,7 +96,6 @@ class FedAvgStrategy(Strategy):
             return AggregationResult(weights=weights, class_embeddings={}, metrics=metrics,
                                      replaces_class_embeddings=True)
         return AggregationResult(weights=weights, class_embeddings=self._normalised(acc.rows), metrics=metrics)
-
     @staticmethod
     def _normalised(rows: Mapping[uuid.UUID, np.ndarray]) -> dict[uuid.UUID, np.ndarray]:
         if not rows:

@@ -42,7 +42,8 @@ class FedFaceStrategy(FedAvgStrategy):
         if self.replaces_embedding_space:
             return AggregationResult(weights=weights, class_embeddings={}, metrics=metrics,
                                      replaces_class_embeddings=True)
-        if not rows:
+        # A secure (statistics) round receives no row of W: the stored rows stay as they were.
+        if not rows or self.secure:
             return AggregationResult(weights=weights, class_embeddings={}, metrics=metrics)
         ids = sorted(rows)  # a fixed order: the result must not depend on arrival order
         w = np.stack([rows[i] for i in ids]).astype(np.float64)

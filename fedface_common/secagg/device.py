@@ -18,12 +18,13 @@ The state holds private keys and the self-mask seed: the agent stores it as it s
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedface_common.dp_noise import fresh_generator
-from fedface_common.secagg import crypto, fixedpoint, graph, shamir
+from fedface_common.secagg import crypto, graph, groups, shamir
 from fedface_common.secagg.messages import (
     SHARE_PLAINTEXT_BYTES,
     AdvertiseKeys,
@@ -41,6 +42,7 @@ from fedface_common.secagg.messages import (
     UnmaskResponse,
 )
 from fedface_common.secagg.shamir import ELEMENT_BYTES
+from fedface_common.secagg.task import LayoutEntry
 
 Secret = bytes
 
@@ -70,17 +72,26 @@ def vector_digest(vector: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(vector, dtype="<u4").tobytes()).hexdigest()
 
 
-def encode_input(params: SecAggParams, flat: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-    """A device's flattened update as the round sums it: clipped to params.clip_norm; with distributed DP
-    (params.noise_stddev > 0) noised with N(0, noise_stddev^2) per coordinate from `rng` (by default a fresh
-    generator seeded from the OS CSPRNG) and clamped to the coordinate bound; then fixed point at params.scale.
+def encode_input(params: SecAggParams, layout: Sequence[LayoutEntry], update: Mapping[str, np.ndarray],
+                 num_samples: int | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A device's update as the round sums it, in `layout` order (`groups.encode_groups`): the update group
+    clipped to params.clip_norm and, with distributed DP (params.noise_stddev > 0), noised with
+    N(0, noise_stddev^2) per coordinate from `rng` (by default a fresh generator seeded from the OS CSPRNG) and
+    clamped to the coordinate bound; the statistics group clipped to params.statistics_clip_norm; in a
+    weighted round (params.max_weight) each group times the device's weight, from `num_samples`, which is
+    needed then and never sent; each group in fixed point at its own scale.
 
     Draw it once per round and mask what it returns: `SecAggDevice.mask` refuses a second, different input
     (the difference of two inputs under the same masks would reach the server), and the agent journals the
     masked body before it leaves, so a resend carries the same noise rather than a fresh draw."""
     if params.noise_stddev > 0 and rng is None:
         rng = fresh_generator()
-    return fixedpoint.encode_noised(flat, params.clip_norm, params.noise_stddev, params.scale, rng)
+    weight = 1.0
+    if params.max_weight is not None:
+        if num_samples is None:
+            raise ValueError("a weighted round needs the update's sample count")
+        weight = groups.device_weight(num_samples, params.max_weight)
+    return groups.encode_groups(params, layout, update, weight, rng)
 
 
 class SecAggDevice(BaseModel):

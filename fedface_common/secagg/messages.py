@@ -22,6 +22,9 @@ from fedface_common.secagg.shamir import ELEMENT_BYTES
 
 MAX_ROUND_DEVICES = 10_000
 MAX_VECTOR_LENGTH = 2**27  # 512 MiB of uint32: far beyond any model this project trains
+# The largest max_weight: a device of one sample then weighs 1e-5, whose coordinate w clip_norm still encodes
+# as at least one fixed-point step in any round the protocol takes (clip_norm x scale > 2^30 / n, n <= 10^4).
+MAX_WEIGHT = 100_000
 MASKED_INPUT_TENSOR = "secagg.masked_input"
 # A share ciphertext carries two field elements: the share of b_u and the share of s_u^SK.
 SHARE_PLAINTEXT_BYTES = 2 * ELEMENT_BYTES
@@ -60,6 +63,15 @@ class SecAggParams(_Wire):
         default=0.0, ge=0, allow_inf_nan=False,
         description="Distributed DP: the Gaussian noise each device adds per coordinate to its clipped update"
         " before encoding (fedface_common/dp_noise.py); 0 without it")
+    max_weight: int | None = Field(
+        default=None, ge=1, le=MAX_WEIGHT,
+        description="A device of n samples weighs min(n, max_weight) / max_weight and sends that times clip_norm"
+        " as the layout's weight coordinate; None: every device weighs 1")
+    statistics_clip_norm: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="The clip of the layout's statistics group (a statistics round's moments)")
+    statistics_scale: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                           description="The fixed-point scale of the statistics group")
 
     @model_validator(mode="after")
     def _consistent(self) -> SecAggParams:
@@ -74,7 +86,21 @@ class SecAggParams(_Wire):
             raise ValueError("min_survivors exceeds the number of devices")
         if not fixedpoint.fits(n, fixedpoint.coordinate_bound(self.clip_norm, self.noise_stddev), self.scale):
             raise ValueError("scale lets the sum of the round's inputs wrap modulo 2^32")
+        if (self.statistics_clip_norm is None) != (self.statistics_scale is None):
+            raise ValueError("statistics_clip_norm and statistics_scale come together")
+        if self.statistics_clip_norm is not None and self.statistics_scale is not None and not fixedpoint.fits(
+                n, self.statistics_clip_norm, self.statistics_scale):
+            raise ValueError("statistics_scale lets the sum of the round's statistics wrap modulo 2^32")
+        # Distributed DP's accounting assumes unit weights and covers the noised update group only.
+        if self.noise_stddev > 0 and self.max_weight is not None:
+            raise ValueError("device noise needs unit weights: max_weight must be absent")
+        if self.noise_stddev > 0 and self.statistics_clip_norm is not None:
+            raise ValueError("device noise covers the update group only: a round with statistics cannot carry it")
         return self
+
+    @property
+    def weighted(self) -> bool:
+        return self.max_weight is not None
 
     def index_of(self, device: str) -> int:
         """1 + the device's position: the x value of the shares it holds."""

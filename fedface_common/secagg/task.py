@@ -6,17 +6,24 @@ a `SecAggTask` naming the current stage and what the device needs for it:
 * `select`: the round is still choosing its devices; come back after `retry_after_s`.
 * `advertise`: `params` is set; create the device state and POST AdvertiseKeys.
 * `share_keys`: `neighbour_keys` is set; POST ShareKeys.
-* `masked_input`: `forwarded` is set; train, flatten the update in `layout` order, clip and encode it to
-  fixed point with `params.clip_norm` and `params.scale`, mask it, and upload it as the round's update.
+* `masked_input`: `forwarded` is set; train, and encode the update in `layout` order with
+  `fedface_common.secagg.device.encode_input` (each group of tensors clipped and encoded to fixed point
+  with its own clip and scale), mask it, and upload it as the round's update.
 * `unmask`: `unmask_request` is set; POST UnmaskResponse.
 
-Every device weighs 1 in the sum (no sample counts): a sample-weighted sum would need each device's
-count as a further coordinate and let one device's claim scale its influence, which clipping then no
-longer bounds."""
+Groups: the layout's `update` tensors (the deltas) are clipped together to `params.clip_norm`; its
+`statistics` tensors (moments of the device's photos, in statistics rounds) to
+`params.statistics_clip_norm`. The moments' magnitudes differ from the deltas' by orders of magnitude, so
+each group has its own clip and its own fixed-point scale.
+
+Weights: without `params.max_weight` every device weighs 1 and sends no count. With it, a device of n
+samples weighs w = min(n, max_weight) / max_weight in (0, 1]: it sends w x its clipped groups and, as the
+layout's last coordinate (`WEIGHT_TENSOR`), w x clip_norm, so the sum carries sum(w) and the server
+divides by it. The count itself never leaves the device, and no coordinate grows past its group's bound."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -25,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from fedface_common.secagg.messages import (
     MAX_VECTOR_LENGTH,
+    MAX_WEIGHT,
     ForwardedShares,
     NeighbourKeys,
     SecAggParams,
@@ -32,6 +40,11 @@ from fedface_common.secagg.messages import (
 )
 
 SECAGG_META_KEY = "fedface.secagg"  # the masked input's MaskedInputMeta, in its safetensors metadata
+# The pseudo-tensor of a weighted round's layout: one coordinate, the device's weight times clip_norm.
+WEIGHT_TENSOR = "fedface.secagg.weight"
+Group = Literal["update", "statistics"]
+UPDATE: Group = "update"
+STATISTICS: Group = "statistics"
 
 
 class Stage(StrEnum):
@@ -62,6 +75,14 @@ class SecAggSettings(BaseModel):
     threshold: int | None = Field(default=None, ge=1, le=10_000, description="t override (with neighbours)")
     stage_s: float = Field(default=60.0, gt=0, le=24 * 3600,
                            description="Each stage closes when every expected device answered or after this long")
+    max_weight: int | None = Field(
+        default=None, ge=1, le=MAX_WEIGHT,
+        description="Weigh each device by min(samples, max_weight) / max_weight, summed as one more coordinate"
+        " (the count never leaves the device); absent: every device weighs 1")
+    statistics_clip_norm: float | None = Field(
+        default=None, gt=0, le=1e9, allow_inf_nan=False,
+        description="Statistics rounds: each device clips its moments (embedding_stats, embedding_lda_dims) to"
+        " this L2 norm, apart from its deltas; required when the round sends moments, refused otherwise")
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> SecAggSettings:
@@ -75,6 +96,7 @@ class LayoutEntry(BaseModel):
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=300)]
     shape: list[Annotated[int, Field(ge=0, le=MAX_VECTOR_LENGTH)]] = Field(max_length=8)
+    group: Group = Field(default=UPDATE, description="Which clip and scale encode it")
 
 
 class SecAggTask(BaseModel):
@@ -92,9 +114,15 @@ class SecAggTask(BaseModel):
     unmask_request: UnmaskRequest | None = None
 
 
-def layout_of(shapes: Mapping[str, Sequence[int]]) -> list[LayoutEntry]:
-    """The flattening order both sides use: tensor names sorted."""
-    return [LayoutEntry(name=n, shape=list(shapes[n])) for n in sorted(shapes)]
+def layout_of(shapes: Mapping[str, Sequence[int]], statistics: Collection[str] = (),
+              weighted: bool = False) -> list[LayoutEntry]:
+    """The flattening order both sides use: tensor names sorted, those in `statistics` in that group, and
+    in a weighted round the weight's coordinate last."""
+    layout = [LayoutEntry(name=n, shape=list(shapes[n]), group=STATISTICS if n in statistics else UPDATE)
+              for n in sorted(shapes)]
+    if weighted:
+        layout.append(LayoutEntry(name=WEIGHT_TENSOR, shape=[1]))
+    return layout
 
 
 def vector_length(layout: Sequence[LayoutEntry]) -> int:

@@ -17,6 +17,7 @@ from coordinator.engine.secagg_sum import _check_mean_norm
 from coordinator.privacy import accountant
 from coordinator.privacy.accountant import DpRound
 from fedface_common import dp_noise
+from fedface_common.secagg import groups
 from fedface_common.tensors import decode
 from tests.support.fleet import ADMIN, enroll, get_round, register_model, start_round
 from tests.support.secure import SecureDevice, run_secure_round, secure_params
@@ -126,13 +127,19 @@ def test_the_mean_norm_check_allows_the_devices_noise_and_no_more() -> None:
     direction = np.ones(d) / math.sqrt(d)
     noise = rng.normal(0.0, sigma_dev * math.sqrt(n), size=d)
     honest = n * clip * direction + noise
+    slots = (groups.Slot("w", (d,), 0, d),)
+
+    def check(total: np.ndarray, noise_stddev: float = 0.0) -> float:
+        grouped = groups.GroupedSum({"w": total}, float(n), n, 0.0, groups.Groups(slots, (), None))
+        return _check_mean_norm(grouped, slots, clip, scale, noise_stddev)
+
     with pytest.raises(AggregationError, match="above clip_norm"):
-        _check_mean_norm(honest, n, clip, scale)
-    assert _check_mean_norm(honest, n, clip, scale, sigma_dev) == pytest.approx(np.linalg.norm(honest) / n)
+        check(honest)
+    assert check(honest, sigma_dev) == pytest.approx(np.linalg.norm(honest) / n)
     # The honest sum sits well inside the allowance (its noise's norm is about sigma sqrt(n d), the bound adds
     # 10 sigma sqrt(n)); a sum 1% beyond n C plus the bound is refused.
     limit = n * clip + dp_noise.norm_bound(sigma_dev * math.sqrt(n), d)
     assert np.linalg.norm(honest) < limit - 5 * sigma_dev * math.sqrt(n)
     cheat = honest * (1.01 * limit / float(np.linalg.norm(honest)))
     with pytest.raises(AggregationError, match="above clip_norm"):
-        _check_mean_norm(cheat, n, clip, scale, sigma_dev)
+        check(cheat, sigma_dev)

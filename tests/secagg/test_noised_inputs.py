@@ -21,6 +21,7 @@ from fedface_common import dp_noise
 from fedface_common.secagg import fixedpoint
 from fedface_common.secagg.device import encode_input
 from fedface_common.secagg.messages import SecAggParams
+from fedface_common.secagg.task import layout_of
 
 FLOATS = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
 
@@ -139,13 +140,14 @@ def test_the_round_parameters_refuse_a_scale_without_room_for_the_noise() -> Non
 def test_the_devices_encoder_noises_with_fresh_randomness_only_when_asked() -> None:
     n, clip, noise = 10, 1.0, 0.3
     x = np.random.default_rng(2).standard_normal(50_000) * 0.001
+    layout, update = layout_of({"x": (50_000,)}), {"x": x}
     quiet = _params(n, clip, 0.0, fixedpoint.choose_scale(n, clip))
-    assert np.array_equal(encode_input(quiet, x), fixedpoint.encode(x, clip, quiet.scale))
+    assert np.array_equal(encode_input(quiet, layout, update), fixedpoint.encode(x, clip, quiet.scale))
     loud = _params(n, clip, noise, fixedpoint.choose_scale(n, fixedpoint.coordinate_bound(clip, noise)))
-    first, second = encode_input(loud, x), encode_input(loud, x)
+    first, second = encode_input(loud, layout, update), encode_input(loud, layout, update)
     assert not np.array_equal(first, second)  # a new CSPRNG seed for every call: nothing to replay
     for encoded in (first, second):
         drawn = fixedpoint.decode(encoded, loud.scale) - fixedpoint.clip_to_norm(x, clip)
         assert float(drawn.std()) == pytest.approx(noise, rel=0.03)
-    seeded = encode_input(loud, x, np.random.default_rng(7))
-    assert np.array_equal(seeded, encode_input(loud, x, np.random.default_rng(7)))
+    seeded = encode_input(loud, layout, update, rng=np.random.default_rng(7))
+    assert np.array_equal(seeded, encode_input(loud, layout, update, rng=np.random.default_rng(7)))

@@ -1,6 +1,7 @@
 """Scripted devices of a secure round over HTTP: each holds its SecAggDevice state and answers the stage its
-check-in names, as the agent does, with the update it is given (clipped, noised when the round has
-distributed DP, and encoded by the agent's own `encode_input`)."""
+check-in names, as the agent does, with the update it is given (clipped per group, noised when the round has
+distributed DP, weighted by its sample count when the round is weighted, and encoded by the agent's own
+`encode_input`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from fedface_common.secagg.device import SecAggDevice, encode_input
 from fedface_common.secagg.messages import MASKED_INPUT_TENSOR, ForwardedShares, NeighbourKeys, UnmaskRequest
-from fedface_common.secagg.task import SECAGG_META_KEY, SecAggTask, flatten
+from fedface_common.secagg.task import SECAGG_META_KEY, SecAggTask
 from fedface_common.tensors import encode
 from tests.support.fleet import Device, get_round
 from tests.support.live import wait_until
@@ -23,6 +24,7 @@ from tests.support.live import wait_until
 class SecureDevice:
     device: Device
     update: dict[str, np.ndarray]
+    num_samples: int = 1  # only weighs the update in a weighted round; the count header still says 1
     state: SecAggDevice | None = None
     sent: dict[str, httpx.Response] = field(default_factory=dict)
     body: bytes | None = None
@@ -65,7 +67,7 @@ class SecureDevice:
 
     def masked_body(self, sa: SecAggTask, forwarded: ForwardedShares) -> bytes:
         assert self.state is not None and sa.params is not None
-        x = encode_input(sa.params, flatten(self.update, sa.layout))
+        x = encode_input(sa.params, sa.layout, self.update, self.num_samples)
         self.state, masked, meta = self.state.mask(x, forwarded)
         return encode({MASKED_INPUT_TENSOR: masked}, {SECAGG_META_KEY: meta.model_dump_json()})
 

@@ -1,4 +1,5 @@
-"""How a secure round's update is flattened: its F32 update spec, tensor names sorted."""
+"""How a secure round's update is flattened: its F32 update spec, tensor names sorted, the strategy's
+moments in the statistics group, and in a weighted round the weight's coordinate last."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from storage.models import ModelVersion
 
 def round_layout(strategy: Strategy, version: ModelVersion) -> list[LayoutEntry]:
     spec = model_service.update_spec(strategy, version)
-    return layout_of({name: info.shape for name, info in spec.items()})
+    settings = strategy.params.secagg
+    return layout_of({name: info.shape for name, info in spec.items()}, strategy.statistics_tensors(),
+                     weighted=settings is not None and settings.max_weight is not None)
 
 
 def masked_wire_spec(layout: list[LayoutEntry]) -> TensorSpec:
