@@ -2,7 +2,8 @@
 stage, the device's SecAgg+ state is on disk (0600) before each message leaves, the update is trained,
 flattened in the task's order, encoded, masked and uploaded, and the round commits from the sum alone. With
 distributed DP each agent noises its update once: the model carries the devices' noise and a resend carries
-the same bytes."""
+the same bytes. In a weighted fedface statistics round each agent weighs its update and its moments by its
+photo count, keeps its class embedding, and the sum carries the counts' total."""
 
 from __future__ import annotations
 
@@ -138,5 +139,53 @@ def test_agents_add_their_noise_share_in_a_distributed_dp_round(coordinator: Coo
     # The mean of 3 clipped updates is at most 5 long over 82,112 coordinates (an RMS below 0.02); the noise
     # on it is z C sqrt(3 / m) / 3 = 1.67 per coordinate, its sample std known to within 0.25% (one sd).
     assert float(step.std()) == pytest.approx(z * clip * math.sqrt(3 / m) / 3, rel=0.03)
+    for c in clients:
+        c.close()
+
+
+def test_agents_weigh_their_moments_in_a_secure_statistics_round(coordinator: Coordinator, tmp_path: Path) -> None:
+    assert not isinstance(IDENTITIES, str)
+    coordinator.register_model(tiny_model_bytes())  # the moments of the model as built, not of a noised one
+    pipeline = FacePipeline(112, "aligned")
+    token = coordinator.token(max_uses=3)
+    clients = [DeviceClient(coordinator.url, max_attempts=3, backoff_initial_s=0.01, sleeper=lambda s: None)
+               for _ in IDENTITIES]
+    agents = [Agent(c, AgentState(tmp_path / f"st{i}"), FolderPhotos(folder, pipeline), enroll_token=token,
+                    seed=0, sleeper=lambda s: None) for i, (c, folder) in enumerate(zip(clients, IDENTITIES,
+                                                                                         strict=True))]
+    # The folders hold 3 or more photos: weights in (3/4, 1]. A cap far above the counts would cost precision
+    # (each device's values shrink by its weight before encoding).
+    cap = 4
+    rnd = coordinator.start_round(
+        algorithm="fedface", target_devices=3, min_devices=3, deadline_s=120, local_epochs=1, batch_size=8,
+        learning_rate=0.05, params={"embedding_stats": True, "secagg": {
+            "clip_norm": 5.0, "stage_s": 60, "max_weight": cap, "statistics_clip_norm": 100.0}})
+    base = tensors.decode(coordinator.admin.get(f"/v1/admin/models/{rnd['base_version_id']}/weights").content)
+    counts: dict[int, int] = {}
+    finished: set[int] = set()
+
+    def everyone_once() -> bool:
+        for i, agent in enumerate(agents):
+            if i in finished:
+                continue
+            report = agent.run_round()
+            assert report.status in (Outcome.WAIT, Outcome.SUBMITTED), report
+            if "num_samples" in report.metrics:  # the masked-input stage's report: the round it trained
+                counts[i] = int(report.metrics["num_samples"])
+            if report.status == Outcome.SUBMITTED:
+                finished.add(i)
+        return len(finished) == len(agents)
+
+    wait_until(everyone_once, timeout=120, interval=0.05, what="every agent through the secure statistics round")
+    done = coordinator.wait_round(rnd["id"])
+    assert done["state"] == "committed", done
+    secagg = done["metrics"]["secagg"]
+    assert secagg["survivors"] == 3 and secagg["weights"] == "samples" and len(counts) == 3
+    assert secagg["total_weight"] * cap == pytest.approx(sum(min(c, cap) for c in counts.values()), abs=1e-6)
+    assert 0 < secagg["statistics_mean_norm"] < 100 and secagg["statistics_error_bound_mean"] < 1e-6
+    new = tensors.decode(coordinator.admin.get(f"/v1/admin/models/{done['result_version_id']}/weights").content)
+    assert not np.allclose(new["bn_embedding.running_mean"], base["bn_embedding.running_mean"])
+    # No class embedding reached the server: none was folded (no cosines of submitted rows) and W holds none.
+    assert "submitted_mean_offdiag_cos" not in done["metrics"] and "w_rows" not in done["metrics"]
     for c in clients:
         c.close()
