@@ -2,7 +2,8 @@
 round with `max_weight` commits what a plain round with the same clip and `sample_cap` commits, within the
 fixed-point bound, while every device's count header says 1; `fedface` rounds that send moments
 (`embedding_stats`, `embedding_lda_dims`) run under secure aggregation with no class embedding sent or stored
-and commit the plain round's model; and the settings that cannot work are refused before anything is stored."""
+and commit the plain round's model; a forged weight fails the round; and the settings that cannot work are
+refused before anything is stored."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
+from fedface_common.secagg.device import encode_input
+from fedface_common.secagg.messages import MASKED_INPUT_TENSOR
+from fedface_common.secagg.task import SECAGG_META_KEY
 from fedface_common.tensors import decode, encode
 from fedface_common.wire import (
     CLASS_EMBEDDING_TENSOR,
@@ -222,3 +226,28 @@ def test_settings_that_cannot_work_are_refused_and_nothing_is_stored(api: httpx.
         assert r.status_code == 422 and r.json()["code"] == "invalid_config", (algorithm, r.text)
         assert what in r.json()["detail"], (what, r.json()["detail"])
     assert api.get("/v1/admin/rounds", headers=ADMIN).json() == before
+
+
+def test_a_forged_weight_coordinate_fails_the_round_with_its_reason(api: httpx.Client) -> None:
+    """A device encodes its weight coordinate as -4 clip_norm (any uint32 reaches the sum unseen): the total
+    weight of 4 devices is then at most 3 - 4 < 0, which no honest devices give, and no model is written."""
+    register_model(api)
+    versions = len(api.get("/v1/admin/models", headers=ADMIN).json())
+    updates = [delta(i, embedding=False) for i in range(len(COUNTS))]
+    enrolled = enroll(api, len(updates))
+    devices = [SecureDevice(d, u, num_samples=c) for d, u, c in zip(enrolled, updates, COUNTS, strict=True)]
+    cheat = devices[0]
+
+    def forged(sa: Any, forwarded: Any) -> bytes:
+        assert cheat.state is not None
+        x = encode_input(sa.params, sa.layout, cheat.update, cheat.num_samples)
+        x[-1] = np.array([round(-4 * CLIP * sa.params.scale)], np.int64).astype(np.uint32)[0]
+        cheat.state, masked, meta = cheat.state.mask(x, forwarded)
+        return encode({MASKED_INPUT_TENSOR: masked}, {SECAGG_META_KEY: meta.model_dump_json()})
+
+    cheat.masked_body = forged  # type: ignore[method-assign]
+    rnd = start_round(api, algorithm="fedavg-plain", target_devices=len(updates), min_devices=3, deadline_s=30,
+                      params=secure_params(clip_norm=CLIP, max_weight=CAP))
+    done = run_secure_round(api, int(rnd["id"]), devices)
+    assert done["state"] == "failed" and "weight coordinate sums to" in done["failure_reason"], done
+    assert len(api.get("/v1/admin/models", headers=ADMIN).json()) == versions
