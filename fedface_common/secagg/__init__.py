@@ -6,6 +6,8 @@ server's side is `coordinator.secagg.protocol`. Nothing here does I/O.
 * `crypto`: X25519 key pairs, HKDF-SHA256 pairwise keys, AES-GCM share encryption, the AES-CTR PRG.
 * `shamir`: t-out-of-n sharing of 32-byte secrets over GF(2^256 + 297).
 * `fixedpoint`: clipping and fixed-point encoding of float updates into Z_{2^32}, and back.
+* `groups`: what the vector's coordinates mean: the update and statistics groups, each at its own clip and
+  scale, and the device's weight.
 * `graph`: the random Harary neighbour graph and the choice of (k, t).
 * `messages`: the round's public parameters and the four stages' wire models.
 * `device`: a device's side, an immutable state the agent persists between stages.
