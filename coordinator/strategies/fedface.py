@@ -63,8 +63,8 @@ class PrivateParams(StrategyParams, PrivateClientParams):
 
 class FedFacePrivateStrategy(PlainFedAvgStrategy):
     """W never leaves the devices: the server only averages backbone deltas and
-    ships the public class centres of pretraining as negatives. This is the
-    variant that admits secure aggregation later."""
+    ships the public class centres of pretraining as negatives. Needing only the
+    sum, it runs under secure aggregation and DP in every round (docs/privacy.md)."""
 
     name: ClassVar[str] = "fedface-private"
     Params = PrivateParams
