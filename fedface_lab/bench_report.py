@@ -39,7 +39,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     to_lda = [f"{m} {pct(f'{m}_gap_to_centralized+lda_closed_tar@far=0.001')}" for m in methods
               if f"{m}_gap_to_centralized+lda_closed_tar@far=0.001" in result]
     any_gap = any(result.get(f"{m}_gap_closed_tar@far=0.001") is not None for m in methods)
-    no_gap = (" The centralized fine-tune does not beat the pretrained network, so there is no gap to close;"
+    no_gap = (" The centralized fine-tune does not beat the pretrained network, so there is no gap to close."
               if "centralized" in methods else "")
     gap_text = (f" Share of the pretrained-to-centralized gap in TAR@FAR=1e-3 closed: {'; '.join(closed)}."
                 + (f" Against centralized+lda: {'; '.join(to_lda)}." if to_lda else "")) if any_gap else (
