@@ -29,7 +29,7 @@ import numpy as np
 
 from fedface_common.secagg import fixedpoint
 from fedface_common.secagg.messages import SecAggParams
-from fedface_common.secagg.task import STATISTICS, UPDATE, WEIGHT_TENSOR, Group, LayoutEntry, vector_length
+from fedface_common.secagg.task import STATISTICS, UPDATE, WEIGHT_TENSOR, Group, LayoutEntry, flatten, vector_length
 
 
 @dataclass(frozen=True)
@@ -83,15 +83,7 @@ def device_weight(num_samples: int, max_weight: int) -> float:
 
 
 def _gather(update: Mapping[str, np.ndarray], slots: Sequence[Slot]) -> np.ndarray:
-    parts = []
-    for s in slots:
-        if s.name not in update:
-            raise ValueError(f"the update lacks {s.name!r}")
-        values = np.asarray(update[s.name])
-        if values.shape != s.shape:
-            raise ValueError(f"{s.name!r} has shape {list(values.shape)}, the round's is {list(s.shape)}")
-        parts.append(values.astype(np.float64).ravel())
-    return np.concatenate(parts) if parts else np.zeros(0)
+    return flatten(update, [LayoutEntry(name=s.name, shape=list(s.shape)) for s in slots])
 
 
 def _scatter(out: np.ndarray, slots: Sequence[Slot], values: np.ndarray) -> None:

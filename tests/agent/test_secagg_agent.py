@@ -29,6 +29,18 @@ IDENTITIES = identities(3)
 pytestmark = pytest.mark.skipif(isinstance(IDENTITIES, str), reason=str(IDENTITIES))
 
 
+def _fleet(coordinator: Coordinator, root: Path) -> tuple[list[DeviceClient], list[Agent]]:
+    """One agent per identity folder, enrolled with one token, state under root/<i>, no real waiting."""
+    assert not isinstance(IDENTITIES, str)
+    pipeline = FacePipeline(112, "aligned")
+    token = coordinator.token(max_uses=3)
+    clients = [DeviceClient(coordinator.url, max_attempts=3, backoff_initial_s=0.01, sleeper=lambda s: None)
+               for _ in IDENTITIES]
+    agents = [Agent(c, AgentState(root / str(i)), FolderPhotos(folder, pipeline), enroll_token=token, seed=0,
+                    sleeper=lambda s: None) for i, (c, folder) in enumerate(zip(clients, IDENTITIES, strict=True))]
+    return clients, agents
+
+
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
     with serve_coordinator(tmp_path_factory.mktemp("coordinator")) as coord:
@@ -40,13 +52,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
 
 def test_agents_complete_a_secure_fedface_private_round(coordinator: Coordinator, tmp_path: Path) -> None:
     assert not isinstance(IDENTITIES, str)
-    pipeline = FacePipeline(112, "aligned")
-    token = coordinator.token(max_uses=3)
-    clients = [DeviceClient(coordinator.url, max_attempts=3, backoff_initial_s=0.01, sleeper=lambda s: None)
-               for _ in IDENTITIES]
-    agents = [Agent(c, AgentState(tmp_path / f"dev{i}"), FolderPhotos(folder, pipeline), enroll_token=token,
-                    seed=0, sleeper=lambda s: None) for i, (c, folder) in enumerate(zip(clients, IDENTITIES,
-                                                                                         strict=True))]
+    clients, agents = _fleet(coordinator, tmp_path / "dev")
     rnd = coordinator.start_round(algorithm="fedface-private", target_devices=3, min_devices=3, deadline_s=120,
                                   local_epochs=1, batch_size=8, learning_rate=0.05,
                                   params={"k_negatives": 8, "secagg": {"clip_norm": 5.0, "stage_s": 60}})
@@ -81,13 +87,7 @@ def test_agents_add_their_noise_share_in_a_distributed_dp_round(coordinator: Coo
     over the model's coordinates is the devices' noise over the fixed denominator. The first agent's answer to
     its upload is lost: it resends the journaled body, byte for byte, noise and all, and it is counted once."""
     assert not isinstance(IDENTITIES, str)
-    pipeline = FacePipeline(112, "aligned")
-    token = coordinator.token(max_uses=3)
-    clients = [DeviceClient(coordinator.url, max_attempts=3, backoff_initial_s=0.01, sleeper=lambda s: None)
-               for _ in IDENTITIES]
-    agents = [Agent(c, AgentState(tmp_path / f"dp{i}"), FolderPhotos(folder, pipeline), enroll_token=token,
-                    seed=0, sleeper=lambda s: None) for i, (c, folder) in enumerate(zip(clients, IDENTITIES,
-                                                                                         strict=True))]
+    clients, agents = _fleet(coordinator, tmp_path / "dp")
     sent: list[bytes] = []
     real_submit = clients[0].submit
 
@@ -146,13 +146,7 @@ def test_agents_add_their_noise_share_in_a_distributed_dp_round(coordinator: Coo
 def test_agents_weigh_their_moments_in_a_secure_statistics_round(coordinator: Coordinator, tmp_path: Path) -> None:
     assert not isinstance(IDENTITIES, str)
     coordinator.register_model(tiny_model_bytes())  # the moments of the model as built, not of a noised one
-    pipeline = FacePipeline(112, "aligned")
-    token = coordinator.token(max_uses=3)
-    clients = [DeviceClient(coordinator.url, max_attempts=3, backoff_initial_s=0.01, sleeper=lambda s: None)
-               for _ in IDENTITIES]
-    agents = [Agent(c, AgentState(tmp_path / f"st{i}"), FolderPhotos(folder, pipeline), enroll_token=token,
-                    seed=0, sleeper=lambda s: None) for i, (c, folder) in enumerate(zip(clients, IDENTITIES,
-                                                                                         strict=True))]
+    clients, agents = _fleet(coordinator, tmp_path / "st")
     # The folders hold 3 or more photos: weights in (3/4, 1]. A cap far above the counts would cost precision
     # (each device's values shrink by its weight before encoding).
     cap = 4
