@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -10,7 +11,7 @@ from coordinator.deps import Ctx, CurrentAdmin, Session
 from coordinator.routes.blobs import blob_response
 from coordinator.routes.bounded import BoundedJsonRoute
 from coordinator.routes.deadline import upload_deadline
-from coordinator.routes.params import RowId
+from coordinator.routes.params import PlainInt, RowId
 from coordinator.routes.problems import ADMIN_ERRORS, problem_responses
 from coordinator.schemas import (
     AuditOut,
@@ -119,7 +120,7 @@ async def start_round(config: RoundConfig, admin: CurrentAdmin, session: Session
 
 @router.get("/rounds", response_model=list[RoundOut])
 async def list_rounds(admin: CurrentAdmin, session: Session, ctx: Ctx,
-                      limit: int = Query(default=100, ge=1, le=1000)) -> list[RoundOut]:
+                      limit: Annotated[int, PlainInt, Query(ge=1, le=1000)] = 100) -> list[RoundOut]:
     return list(await round_service.list_rounds(session, ctx, limit))
 
 
@@ -169,7 +170,7 @@ async def revoke_device(device_id: uuid.UUID, admin: CurrentAdmin, session: Sess
 
 @router.get("/audit", response_model=list[AuditOut])
 async def audit_log(admin: CurrentAdmin, session: Session,
-                    limit: int = Query(default=200, ge=1, le=5000)) -> list[AuditOut]:
+                    limit: Annotated[int, PlainInt, Query(ge=1, le=5000)] = 200) -> list[AuditOut]:
     return [AuditOut(id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target, details=e.details)
             for e in await AuditRepository(session).list(limit)]
 

@@ -193,6 +193,14 @@ def test_ids_in_paths_are_plain_decimal(api: httpx.Client) -> None:
         assert "plain decimal" in _problem(r, 422, "validation_error")["detail"]
 
 
+@pytest.mark.parametrize("path", ["/v1/admin/rounds", "/v1/admin/audit"])
+def test_page_sizes_in_queries_are_plain_decimal(api: httpx.Client, path: str) -> None:
+    assert api.get(path, params={"limit": "10"}, headers=ADMIN).status_code == 200
+    for spelling in ("1_0", "+10", "010", "10.0", " 10"):
+        r = api.get(path, params={"limit": spelling}, headers=ADMIN)
+        assert "plain decimal" in _problem(r, 422, "validation_error")["detail"], spelling
+
+
 # 3. A device cannot probe which model versions exist ------------------------------------------------
 
 
