@@ -26,7 +26,6 @@ from coordinator.errors import (
     InvalidQuantization,
     NotSelected,
     RoundClosed,
-    RoundNotFound,
     StaleBaseVersion,
 )
 from coordinator.metrics import SUBMISSIONS, UPDATE_BYTES
@@ -141,7 +140,8 @@ async def submit(
     structlog.contextvars.bind_contextvars(round_id=round_id)
     view = await RoundRepository(session).for_submission(round_id, device.id)
     if view is None:
-        raise RoundNotFound(f"round {round_id} does not exist")
+        # The answer a round the device was not selected for gets: a device cannot tell which round ids exist.
+        raise NotSelected(f"device was not selected for round {round_id}")
     rnd = view.round
     try:
         return await _submit(session, ctx, device, view, headers, body)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fedface_common.secagg import fixedpoint
+from fedface_common.secagg.device import SecAggDevice
 from fedface_common.secagg.messages import (
     MASKED_INPUT_TENSOR,
     SHARE_CIPHERTEXT_BYTES,
@@ -244,3 +245,24 @@ def test_an_unclipped_input_that_pushes_the_mean_beyond_the_clip_fails_the_round
     done = run_secure_round(api, int(rnd["id"]), devices)
     assert done["state"] == "failed" and "above clip_norm" in done["failure_reason"], done
     assert len(api.get("/v1/admin/models", headers=ADMIN).json()) == versions
+
+
+def test_stage_messages_for_rounds_a_device_is_not_in_all_get_one_answer(api: httpx.Client) -> None:
+    """A round that does not exist and a secure round the device was not selected for answer alike, so a
+    device cannot learn which round ids exist or which of them are secure."""
+    register_model(api)
+    rnd, devices = _secure_round(api)
+    for d in devices:
+        d.task()
+    wait_stage(api, devices[0], "advertise")
+    _, sa = devices[0].task()
+    assert sa is not None and sa.params is not None
+    (outsider,) = enroll(api, 1)
+    # A well-formed message (keys made for a selected device: the outsider has no place in the round's params).
+    message = SecAggDevice.create(sa.params, devices[0].device.device_id).advertise()
+    answers = []
+    for round_id in (int(rnd["id"]), 4242):
+        r = outsider.api.post(f"/v1/rounds/{round_id}/secagg/advertise", content=message.model_dump_json(),
+                              headers={**outsider.auth, "Content-Type": "application/json"})
+        answers.append((r.status_code, r.json()["code"]))
+    assert answers == [(403, "not_selected")] * 2

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.context import AppContext
-from coordinator.errors import NotSelected, RoundClosed, RoundNotFound
+from coordinator.errors import NotSelected, RoundClosed
 from coordinator.secagg import protocol
 from coordinator.secagg.errors import SecAggProtocolError
 from coordinator.services.secagg.errors import NotSecure, SecAggRefused, WrongStage
@@ -40,12 +40,12 @@ async def post(session: AsyncSession, ctx: AppContext, device_id: uuid.UUID, rou
                message: M) -> SecAggAck:
     rounds = RoundRepository(session)
     rnd = await rounds.get(round_id)
-    if rnd is None:
-        raise RoundNotFound(f"round {round_id} does not exist")
+    # One answer for a round that does not exist and one the device is not in, given before anything else
+    # about the round: a device learns nothing of rounds it was not selected for.
+    if rnd is None or await rounds.assignment(round_id, device_id) is None:
+        raise NotSelected(f"device was not selected for round {round_id}")
     if not is_secure(rnd):
         raise NotSecure(f"round {round_id} does not run secure aggregation")
-    if await rounds.assignment(round_id, device_id) is None:
-        raise NotSelected(f"device was not selected for round {round_id}")
     repo = SecAggRepository(session)
     previous = await repo.message(round_id, stage, device_id)
     if previous is not None:  # answered as the first was, even once the stage has closed
