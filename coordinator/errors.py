@@ -66,6 +66,10 @@ class DeviceNotFound(NotFound):
     code, title = "device_not_found", "No such device"
 
 
+class TokenNotFound(NotFound):
+    code, title = "token_not_found", "No such enrollment token"
+
+
 class Conflict(FedFaceError):
     status, code, title = 409, "conflict", "Conflict"
 

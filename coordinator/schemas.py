@@ -91,6 +91,18 @@ class TokenOut(BaseModel):
     expires_at: datetime
 
 
+class TokenInfoOut(BaseModel):
+    """An issued token as listed: never the token itself nor its hash."""
+
+    id: str
+    note: str | None
+    uses: int
+    max_uses: int
+    expires_at: datetime
+    created_at: datetime
+    revoked_at: datetime | None
+
+
 class DeviceOut(BaseModel):
     id: str
     label: str | None

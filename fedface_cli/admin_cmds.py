@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from fedface_common.wire import FINAL_ROUND_STATES, RoundState
 app = typer.Typer(help="Operate a coordinator through its admin API.", no_args_is_help=True)
 models_app = typer.Typer(help="Model versions: register, list, promote, roll back, download.", no_args_is_help=True)
 rounds_app = typer.Typer(help="Training rounds: start, list, show, stop, cancel, wait.", no_args_is_help=True)
-tokens_app = typer.Typer(help="Enrollment tokens.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Enrollment tokens: issue, list, revoke.", no_args_is_help=True)
 devices_app = typer.Typer(help="Enrolled devices.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(rounds_app, name="rounds")
@@ -378,6 +379,30 @@ def tokens_issue(ctx: typer.Context, uses: int = typer.Option(1, min=1, help="Ho
         _emit(ctx, c.issue_token(uses, ttl, note), lambda t: _console().print(_kv_table(
             "Enrollment token (shown once)", {"token": t["token"], "id": t["id"], "max uses": t["max_uses"],
                                                "expires": _ts(t["expires_at"])})))
+
+
+def _tokens_table(tokens: list[JSON]) -> None:
+    table = _table(f"Enrollment tokens ({len(tokens)})", "=id", "note", "=used", "=expires", "=created", "status")
+    for t in tokens:
+        status = ("[red]revoked[/]" if t["revoked_at"] else "used up" if t["uses"] >= t["max_uses"]
+                  else "expired" if datetime.fromisoformat(t["expires_at"]) <= datetime.now(UTC) else "open")
+        table.add_row(t["id"], t["note"] or "", f"{t['uses']} / {t['max_uses']}", _ts(t["expires_at"]),
+                      _ts(t["created_at"]), status)
+    _console().print(table)
+
+
+@tokens_app.command("list")
+def tokens_list(ctx: typer.Context, limit: int = typer.Option(100, min=1, max=1000, help="Newest tokens")) -> None:
+    """Issued enrollment tokens, newest first (never the tokens themselves)."""
+    with _client(ctx) as c:
+        _emit(ctx, c.list_tokens(limit), _tokens_table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(ctx: typer.Context, token_id: str) -> None:
+    """Revoke an enrollment token: no further device enrolls with it (enrolled ones keep their credentials)."""
+    with _client(ctx) as c:
+        _emit(ctx, c.revoke_token(token_id), lambda t: _tokens_table([t]))
 
 
 def _devices_table(devices: list[JSON]) -> None:

@@ -170,6 +170,14 @@ class AdminClient:
         result: JSON = self._json("POST", f"{ADMIN}/enrollment-tokens", json=body)
         return result
 
+    def list_tokens(self, limit: int = 100) -> list[JSON]:
+        result: list[JSON] = self._json("GET", f"{ADMIN}/enrollment-tokens", params={"limit": limit})
+        return result
+
+    def revoke_token(self, token_id: str) -> JSON:
+        result: JSON = self._json("POST", f"{ADMIN}/enrollment-tokens/{token_id}/revoke")
+        return result
+
     def list_devices(self, include_revoked: bool = True) -> list[JSON]:
         result: list[JSON] = self._json("GET", f"{ADMIN}/devices",
                                         params={"include_revoked": str(include_revoked).lower()})

@@ -21,6 +21,7 @@ from coordinator.schemas import (
     PrivacyOut,
     RoundConfig,
     RoundOut,
+    TokenInfoOut,
     TokenOut,
     TokenRequest,
 )
@@ -32,7 +33,7 @@ from coordinator.services import rounds as round_service
 from coordinator.services.downloads import BlobRef
 from fedface_common.text import PlainText
 from fedface_common.wire import API_PREFIX
-from storage.models import Device, ModelVersion
+from storage.models import Device, EnrollmentToken, ModelVersion
 from storage.repositories.audit import AuditRepository
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"], responses=ADMIN_ERRORS,
@@ -52,6 +53,11 @@ def _version_out(v: ModelVersion, served_id: int | None) -> ModelVersionOut:
 def _device_out(d: Device) -> DeviceOut:
     return DeviceOut(id=str(d.id), label=d.label, created_at=d.created_at, last_seen_at=d.last_seen_at,
                      revoked_at=d.revoked_at)
+
+
+def _token_info(t: EnrollmentToken) -> TokenInfoOut:
+    return TokenInfoOut(id=str(t.id), note=t.note, uses=t.uses, max_uses=t.max_uses, expires_at=t.expires_at,
+                        created_at=t.created_at, revoked_at=t.revoked_at)
 
 
 # Models ---------------------------------------------------------------------------
@@ -155,6 +161,19 @@ async def privacy_ledger(admin: CurrentAdmin, session: Session, ctx: Ctx,
 async def issue_token(body: TokenRequest, admin: CurrentAdmin, session: Session) -> TokenOut:
     row, token = await enrollment_service.issue_token(session, admin.name, body.max_uses, body.ttl_s, body.note)
     return TokenOut(id=str(row.id), token=token, max_uses=row.max_uses, expires_at=row.expires_at)
+
+
+@router.get("/enrollment-tokens", response_model=list[TokenInfoOut])
+async def list_tokens(admin: CurrentAdmin, session: Session,
+                      limit: Annotated[int, PlainInt, Query(ge=1, le=1000)] = 100) -> list[TokenInfoOut]:
+    """The newest tokens, without their secrets (a token is shown once, when issued)."""
+    return [_token_info(t) for t in await enrollment_service.list_tokens(session, limit)]
+
+
+@router.post("/enrollment-tokens/{token_id}/revoke", response_model=TokenInfoOut)
+async def revoke_token(token_id: uuid.UUID, admin: CurrentAdmin, session: Session) -> TokenInfoOut:
+    """No further device enrolls with it (idempotent); devices it enrolled keep their credentials."""
+    return _token_info(await enrollment_service.revoke_token(session, admin.name, token_id))
 
 
 @router.get("/devices", response_model=list[DeviceOut])

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.errors import DeviceNotFound, InvalidEnrollmentToken, NotFound
+from coordinator.errors import DeviceNotFound, InvalidEnrollmentToken, TokenNotFound
 from coordinator.security import device_credential, hash_secret, new_enrollment_token, new_secret
 from storage.db import utcnow
 from storage.models import Device, EnrollmentToken
@@ -68,7 +68,7 @@ async def revoke_token(session: AsyncSession, actor: str, token_id: uuid.UUID) -
     repo = EnrollmentTokenRepository(session)
     row = await repo.get(token_id)
     if row is None:
-        raise NotFound(f"enrollment token {token_id} does not exist")
+        raise TokenNotFound(f"enrollment token {token_id} does not exist")
     if row.revoked_at is None:
         await repo.revoke(token_id, utcnow())
         await session.refresh(row)

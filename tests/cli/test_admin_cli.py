@@ -122,3 +122,23 @@ def test_unreachable_server_exits_1(tmp_path: Path) -> None:
     dead = ServedCoordinator("http://127.0.0.1:9", "x", tmp_path, tmp_path / "log")
     result = admin(dead, "models", "list", as_json=False)
     assert result.exit_code == 1 and "connection_error" in result.stderr
+
+
+def test_tokens_list_and_revoke(coordinator: ServedCoordinator) -> None:
+    issued = ok_json(admin(coordinator, "tokens", "issue", "--uses", "2", "--note", "cli tokens"))
+    listed = {t["id"]: t for t in ok_json(admin(coordinator, "tokens", "list"))}
+    assert listed[issued["id"]]["note"] == "cli tokens" and listed[issued["id"]]["revoked_at"] is None
+    assert "token" not in listed[issued["id"]]
+    table = admin(coordinator, "tokens", "list", as_json=False)
+    assert table.exit_code == 0 and issued["id"] in table.stdout and issued["token"] not in table.stdout
+
+    revoked = ok_json(admin(coordinator, "tokens", "revoke", issued["id"]))
+    assert revoked["id"] == issued["id"] and revoked["revoked_at"] is not None
+    shown = admin(coordinator, "tokens", "list", as_json=False)
+    assert shown.exit_code == 0 and "revoked" in shown.stdout
+    with httpx.Client(base_url=coordinator.url, timeout=10) as http:
+        refused = http.post("/v1/enroll", json={"token": issued["token"], "label": "late"})
+        assert refused.status_code == 401 and refused.json()["code"] == "invalid_enrollment_token"
+
+    unknown = admin(coordinator, "tokens", "revoke", "00000000-0000-0000-0000-000000000000")
+    assert unknown.exit_code == 1 and json.loads(unknown.stderr)["error"]["code"] == "token_not_found"
