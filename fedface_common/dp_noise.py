@@ -1,7 +1,7 @@
 """Gaussian noise for differential privacy, as the coordinator and the devices both draw it.
 
 The coordinator's side (who adds which share, the accounting) is coordinator/strategies/dp_noise.py; the
-devices' side of the distributed mode is `fedface_common.secagg.fixedpoint.encode_noised`. What both need
+devices' side of the distributed mode is `fedface_common.secagg.device.encode_input`. What both need
 lives here, so that the agent never imports the coordinator:
 
 * `fresh_generator`: the randomness of every draw.

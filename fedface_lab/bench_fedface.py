@@ -199,7 +199,7 @@ def default_params(population: int) -> dict[str, dict[str, Any]]:
 # lr 1e-4) ended below the pretrained network on the development folds (tuning.md).
 # The devices' step and the length of training: FedFace gains at low FAR early and then drifts. 3 rounds of
 # 50 at lr 0.05 gained on every metric on both seeds; 5 rounds at lr 0.05 lost half a point of pairs accuracy,
-# 5 at lr 0.03 lost 0.7 on seed 1, and 10 rounds of 100 at lr 0.015 lost a point by the tenth (tuning.md).
+# 5 at lr 0.03 lost 0.8 on seed 1, and 10 rounds of 100 at lr 0.015 lost a point by the tenth (tuning.md).
 RESNET_TRAINING: dict[str, Any] = {"per_round": 50, "rounds": 3, "eval_every": 3, "local_epochs": 1,
                                    "batch_size": 16, "lr": 0.05, "centralized_epochs": 1, "centralized_lr": 1e-4}
 RESNET_FROZEN = ["stem.", *(f"blocks.{i}." for i in range(10))]
@@ -208,8 +208,8 @@ RESNET_FROZEN = ["stem.", *(f"blocks.{i}." for i in range(10))]
 def resnet_params(population: int) -> dict[str, dict[str, Any]]:
     """default_params with the devices training only the last stages of dlib's network (RESNET_FROZEN).
     fedface-private's CosFace loss against 64 public centres moves the network far more per step than the
-    positive loss: in 3 rounds at the plan's lr its server taking the whole mean delta lost 3 points of
-    TAR@FAR=1e-3 against FedFace, a tenth of it 1.4 points, a twentieth 0.7 (server_lr 0.05; tuning.md)."""
+    positive loss: in 3 rounds at the plan's lr its server taking a fifth of the mean delta ended 3 points of
+    TAR@FAR=1e-3 below FedFace, a tenth of it 1.4 points, a twentieth 0.7 (server_lr 0.05; tuning.md)."""
     params = {method: {**p, "frozen": list(RESNET_FROZEN)} for method, p in default_params(population).items()}
     params["fedface-private"]["server_lr"] = 0.05
     return params

@@ -220,15 +220,15 @@ class Strategy(ABC):
         """base + server_lr x weighted mean of the deltas; tensors no update touched stay as they were."""
         if acc.count == 0:
             raise ValueError("no updates to aggregate")
-        # With embedding_stats the embedding BN's "deltas" are moments: averages to take, not steps to scale.
-        statistics = (EMBEDDING_BN_MEAN, EMBEDDING_BN_VAR) if getattr(self.params, "embedding_stats", False) else ()
+        # Moments (the embedding BN's with embedding_stats) are averages to take, not steps to scale.
+        statistics = self.statistics_tensors()
         out: dict[str, np.ndarray] = {}
         for name, value in base.items():
             if name in acc.sums:
                 step = 1.0 if name in statistics else self.params.server_lr
                 mean_delta = acc.sums[name] * (step / acc.total_weight)
                 new = value.astype(np.float64) + mean_delta
-                if name == EMBEDDING_BN_VAR and statistics:
+                if name == EMBEDDING_BN_VAR and name in statistics:
                     new = self._variance_about_new_mean(new, acc)
                 # An overflow becomes Inf, which the round engine refuses to commit.
                 with np.errstate(over="ignore"):

@@ -96,6 +96,7 @@ class FedAvgStrategy(Strategy):
             return AggregationResult(weights=weights, class_embeddings={}, metrics=metrics,
                                      replaces_class_embeddings=True)
         return AggregationResult(weights=weights, class_embeddings=self._normalised(acc.rows), metrics=metrics)
+
     @staticmethod
     def _normalised(rows: Mapping[uuid.UUID, np.ndarray]) -> dict[uuid.UUID, np.ndarray]:
         if not rows:

@@ -97,13 +97,6 @@ def encode(x: np.ndarray, clip_norm: float, scale: float) -> np.ndarray:
     return quantize(clip_to_norm(x, clip_norm), clip_norm, scale)
 
 
-def encode_noised(x: np.ndarray, clip_norm: float, noise_stddev: float, scale: float,
-                  rng: np.random.Generator | None = None) -> np.ndarray:
-    """The clipped, noised and clamped vector as uint32 fixed point (`encode` when noise_stddev is 0)."""
-    values = noised(x, clip_norm, noise_stddev, rng)
-    return quantize(values, coordinate_bound(clip_norm, noise_stddev), scale)
-
-
 def decode(total: np.ndarray, scale: float) -> np.ndarray:
     """The float64 sum from the uint32 sum of encodings, read as signed 32-bit integers."""
     if total.dtype != np.uint32:

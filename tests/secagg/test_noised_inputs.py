@@ -75,9 +75,9 @@ def test_noised_inputs_sum_without_wrapping_within_the_bound(n: int, clip: float
     total = np.zeros(dim, np.uint32)
     floats = []
     for i, x in enumerate(inputs):
-        total += fixedpoint.encode_noised(x, clip, sigma, scale, np.random.default_rng([seed, i]))
-        value = fixedpoint.noised(x, clip, sigma, np.random.default_rng([seed, i]))  # the same draw
+        value = fixedpoint.noised(x, clip, sigma, np.random.default_rng([seed, i]))
         assert np.abs(value).max() <= bound
+        total += fixedpoint.quantize(value, bound, scale)
         floats.append(value)
     exact = np.array([math.fsum(col) for col in np.array(floats).T])
     error = np.abs(fixedpoint.decode(total, scale) - exact)
@@ -101,7 +101,7 @@ def test_n_inputs_clamped_at_the_bound_do_not_wrap(n: int, sign: float) -> None:
     bound = clip + 10 * sigma
     scale = fixedpoint.choose_scale(n, bound)
     huge: np.random.Generator = _Huge(sign)  # type: ignore[assignment]
-    one = fixedpoint.encode_noised(np.array([sign * clip, 0.0]), clip, sigma, scale, huge)
+    one = fixedpoint.quantize(fixedpoint.noised(np.array([sign * clip, 0.0]), clip, sigma, huge), bound, scale)
     total = (one.astype(np.uint64) * n % 2**32).astype(np.uint32)
     decoded = fixedpoint.decode(total, scale)
     for value in decoded:  # every coordinate clamped at +-B, with or without the signal
